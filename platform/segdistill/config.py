@@ -1,0 +1,271 @@
+"""Typed, frozen, validated run configuration.
+
+A :class:`TrainConfig` describes one training run (a teacher trained with CE, or a student distilled
+from a frozen teacher). It is built from nested frozen dataclasses, each validated at construction,
+and converts losslessly to and from a *flat* dict whose keys are ``"section.field"`` (for example
+``"distill.beta"``). The flat dict is what Ray Tune sweeps over and what becomes Parquet columns.
+Unknown keys are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+METHOD_NAMES = ("none", "kd", "cwd", "hwd")
+PIXEL_CORRECTIONS = ("n", "none")
+WEIGHTINGS = ("smooth", "softmax")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the allowed values."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _finite(name: str, value: float) -> None:
+    _check(isinstance(value, (int, float)) and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, at what size, with which augmentation.
+
+    ``num_classes`` and the ``synthetic_*`` fields only apply to the synthetic dataset; real
+    datasets fix their class count. ``crop_size`` is the training crop (paper: 512); evaluation
+    uses whole images. ``max_train_images``/``max_val_images`` (0 = all) cap real datasets.
+    """
+
+    name: str = "synthetic"
+    root: str = ""
+    num_classes: int = 24
+    image_size: int = 128
+    crop_size: int = 128
+    train_images: int = 768
+    val_images: int = 96
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    flip: bool = True
+    max_train_images: int = 0
+    max_val_images: int = 0
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "data.name must be a dataset name")
+        _check(2 <= self.num_classes <= 255, f"data.num_classes must be in [2, 255], got {self.num_classes}")
+        _check(self.image_size >= 16, f"data.image_size must be >= 16, got {self.image_size}")
+        _check(self.crop_size >= 16, f"data.crop_size must be >= 16, got {self.crop_size}")
+        _check(self.train_images >= 1 and self.val_images >= 1, "data.train_images and data.val_images must be >= 1")
+        _check(0 < self.scale_min <= self.scale_max, f"need 0 < data.scale_min <= data.scale_max, got {self.scale_min}, {self.scale_max}")
+        _check(self.max_train_images >= 0 and self.max_val_images >= 0, "data.max_*_images must be >= 0 (0 = all)")
+        _check(self.num_workers >= 0, "data.num_workers must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A segmentation network from ``segdistill.models.MODELS``.
+
+    ``pretrained`` is a local path to a torchvision-format backbone state dict ('' = random init).
+    ``output_stride`` is 8 for the paper's models; tiny CPU variants also allow 4.
+    """
+
+    arch: str = "deeplabv3_tiny_r18"
+    pretrained: str = ""
+    output_stride: int = 8
+    aux: bool = True
+
+    def __post_init__(self) -> None:
+        _check(bool(self.arch), "model.arch must be a registered model name")
+        _check(self.output_stride in (4, 8, 16), f"model.output_stride must be 4, 8 or 16, got {self.output_stride}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The distillation method and its hyperparameters (paper Sec. III, supplement Table I).
+
+    ``method``: 'none' (CE only: a baseline student or a teacher), 'kd', 'cwd' or 'hwd'.
+    ``alpha`` weights the method loss in ``CE + alpha * L_distill`` (paper Eq. 8).
+    HWD: ``tau`` (activation temperature), ``mu``/``sigma`` (Eq. 6), ``beta`` (Eq. 7),
+    ``pixel_correction`` 'n' = paper's CD/(N_c+1), 'none' = released code's recipe,
+    ``weighting`` 'smooth' = Eq. 7, 'softmax' = Fig. 6's alternative with temperature ``tau_prime``.
+    ``teacher_checkpoint`` is required when method != 'none'; its architecture is ``teacher_arch``.
+    """
+
+    method: str = "none"
+    alpha: float = 3.0
+    tau: float = 4.0
+    mu: float = 0.0
+    sigma: float = 1.0
+    beta: float = 0.1
+    pixel_correction: str = "n"
+    weighting: str = "smooth"
+    tau_prime: float = 1.0
+    kd_temperature: float = 1.0
+    teacher_arch: str = ""
+    teacher_checkpoint: str = ""
+
+    def __post_init__(self) -> None:
+        _check(self.method in METHOD_NAMES, f"distill.method must be one of {METHOD_NAMES}, got {self.method!r}")
+        for name in ("alpha", "tau", "mu", "sigma", "beta", "tau_prime", "kd_temperature"):
+            _finite(f"distill.{name}", getattr(self, name))
+        _check(self.alpha >= 0, f"distill.alpha must be >= 0, got {self.alpha}")
+        _check(self.tau > 0, f"distill.tau must be > 0, got {self.tau}")
+        _check(self.sigma > 0, f"distill.sigma must be > 0, got {self.sigma}")
+        _check(0 < self.beta < 1, f"distill.beta must be in (0, 1), got {self.beta}")
+        _check(self.tau_prime > 0, f"distill.tau_prime must be > 0, got {self.tau_prime}")
+        _check(self.kd_temperature > 0, f"distill.kd_temperature must be > 0, got {self.kd_temperature}")
+        _check(self.pixel_correction in PIXEL_CORRECTIONS,
+               f"distill.pixel_correction must be one of {PIXEL_CORRECTIONS}, got {self.pixel_correction!r}")
+        _check(self.weighting in WEIGHTINGS, f"distill.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.method != "none":
+            _check(bool(self.teacher_arch), f"distill.method={self.method!r} needs distill.teacher_arch")
+            _check(bool(self.teacher_checkpoint), f"distill.method={self.method!r} needs distill.teacher_checkpoint")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD with poly decay, iteration-based (supplement Sec. III: lr 0.01, momentum 0.9, wd 1e-4,
+    batch 8, 40k iterations, power 0.9). ``aux_weight`` is the auxiliary FCN head's CE weight."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    power: float = 0.9
+    iterations: int = 400
+    batch_size: int = 8
+    aux_weight: float = 0.4
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "momentum", "weight_decay", "power", "aux_weight"):
+            _finite(f"optim.{name}", getattr(self, name))
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
+        _check(self.power >= 0, "optim.power must be >= 0")
+        _check(self.iterations >= 1, f"optim.iterations must be >= 1, got {self.iterations}")
+        _check(self.batch_size >= 1, f"optim.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.aux_weight >= 0, "optim.aux_weight must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how the run executes.
+
+    ``eval_every`` (iterations; 0 = only at the end), ``checkpoint_every`` (0 = at each eval),
+    ``device`` 'auto' | 'cpu' | 'cuda' | 'cuda:N', ``amp`` bf16 autocast (GPU only),
+    ``channels_last`` (GPU only), ``compile`` torch.compile the student, ``log_every`` iterations
+    between per-iteration curve records, ``progress`` show a progress bar.
+    """
+
+    seed: int = 0
+    out_dir: str = "runs/default"
+    eval_every: int = 100
+    checkpoint_every: int = 0
+    log_every: int = 10
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(bool(self.out_dir), "run.out_dir must be a directory path")
+        _check(self.eval_every >= 0 and self.checkpoint_every >= 0, "run.eval_every/checkpoint_every must be >= 0")
+        _check(self.log_every >= 1, "run.log_every must be >= 1")
+        _check(self.threads >= 0, "run.threads must be >= 0 (0 = torch default)")
+        dev = self.device
+        _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
+               f"run.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One run: data + student (or teacher) model + distillation + optimiser + run settings."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            _check(isinstance(value, _SECTIONS[f.name]),
+                   f"TrainConfig.{f.name} must be a {_SECTIONS[f.name].__name__}, got {type(value).__name__}")
+
+    # -- flat dict round trip -------------------------------------------------------------
+    def to_flat(self) -> dict[str, Any]:
+        """``{"data.name": "synthetic", ..., "distill.beta": 0.1, ...}``: every field, scalars only."""
+        out: dict[str, Any] = {}
+        for section in fields(self):
+            obj = getattr(self, section.name)
+            for f in fields(obj):
+                out[f"{section.name}.{f.name}"] = getattr(obj, f.name)
+        return out
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any], base: "TrainConfig | None" = None) -> "TrainConfig":
+        """Build from a flat dict; keys missing from ``flat`` come from ``base`` (default: defaults).
+
+        Raises :class:`ConfigError` on unknown keys or values of the wrong type.
+        """
+        return (base or cls()).replace(**flat)
+
+    def replace(self, **flat: Any) -> "TrainConfig":
+        """``cfg.replace(**{"distill.beta": 0.3})``: a new config with flat keys overridden."""
+        updates: dict[str, dict[str, Any]] = {}
+        for key, value in flat.items():
+            section, _, name = key.partition(".")
+            if section not in _SECTIONS or not name:
+                raise ConfigError(f"unknown config key {key!r}; keys look like 'section.field' with section in {sorted(_SECTIONS)}")
+            known = {f.name: f for f in fields(_SECTIONS[section])}
+            if name not in known:
+                raise ConfigError(f"unknown config key {key!r}; {section} fields are {sorted(known)}")
+            updates.setdefault(section, {})[name] = _coerce(key, value, getattr(getattr(self, section), name))
+        sections = {s: dataclasses.replace(getattr(self, s), **u) for s, u in updates.items()}
+        return dataclasses.replace(self, **sections)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_flat(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls.from_flat(json.loads(text))
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "distill": DistillConfig,
+    "optim": OptimConfig,
+    "run": RunConfig,
+}
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """Accept ints for float fields and numpy scalars (Ray/Optuna hand those out); reject the rest."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    kind = type(current)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be a bool, got {value!r}")
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{key} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
