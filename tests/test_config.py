@@ -1,0 +1,51 @@
+"""Configs: frozen, validated at construction, flat-dict round trip, unknown keys rejected."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from segdistill.config import ConfigError, DistillConfig, OptimConfig, TrainConfig
+
+
+def test_flat_round_trip():
+    cfg = TrainConfig().replace(**{"distill.beta": 0.3, "optim.iterations": 50, "model.arch": "pspnet_tiny_r18"})
+    flat = cfg.to_flat()
+    assert flat["distill.beta"] == 0.3 and flat["model.arch"] == "pspnet_tiny_r18"
+    assert TrainConfig.from_flat(flat) == cfg
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    assert all(isinstance(v, (int, float, str, bool)) for v in flat.values())
+
+
+def test_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrainConfig().optim.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("key", ["distill.betaa", "nope.beta", "beta", "distill."])
+def test_unknown_keys_rejected(key):
+    with pytest.raises(ConfigError, match="unknown config key"):
+        TrainConfig().replace(**{key: 1})
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"beta": 1.0}, "beta"), ({"beta": 0.0}, "beta"), ({"sigma": 0.0}, "sigma"), ({"method": "foo"}, "method"),
+    ({"pixel_correction": "x"}, "pixel_correction"), ({"weighting": "x"}, "weighting"),
+    ({"alpha": float("nan")}, "alpha"), ({"method": "hwd"}, "teacher_arch"),
+])
+def test_distill_validation(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        DistillConfig(**kwargs)
+
+
+def test_types_are_checked_and_numpy_scalars_accepted():
+    with pytest.raises(ConfigError, match="must be a int"):
+        TrainConfig().replace(**{"optim.iterations": "ten"})
+    with pytest.raises(ConfigError, match="bool"):
+        TrainConfig().replace(**{"run.amp": 1})
+    cfg = TrainConfig().replace(**{"distill.beta": np.float64(0.5), "optim.iterations": np.int64(7), "distill.alpha": 2})
+    assert cfg.distill.beta == 0.5 and cfg.optim.iterations == 7 and isinstance(cfg.distill.alpha, float)
+    with pytest.raises(ConfigError):
+        OptimConfig(iterations=0)
