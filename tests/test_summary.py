@@ -1,0 +1,90 @@
+"""segdistill.summary: seed-aware group statistics and Welch's t-test without SciPy."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from segdistill.summary import SINGLE_SEED, format_table, summarize, t_two_sided_p, welch_t_test
+
+
+def frame(groups: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"distill.method": g, "run.seed": i, "best_miou": v}
+                         for g, vals in groups.items() for i, v in enumerate(vals)])
+
+
+def test_mean_std_hand_computed():
+    s = summarize(frame({"cwd": [30.0, 31.0, 35.0], "hwd": [33.0]}), ["distill.method"]).set_index("distill.method")
+    assert s.loc["cwd", "n"] == 3
+    assert s.loc["cwd", "mean"] == pytest.approx(32.0)
+    assert s.loc["cwd", "std"] == pytest.approx(math.sqrt(((-2) ** 2 + (-1) ** 2 + 3 ** 2) / 2))  # sqrt(7)
+    assert s.loc["hwd", "n"] == 1 and math.isnan(s.loc["hwd", "std"])
+
+
+def test_student_t_p_values_match_tables():
+    assert t_two_sided_p(2.0, 10) == pytest.approx(0.07339, abs=1e-5)
+    assert t_two_sided_p(2.228139, 10) == pytest.approx(0.05, abs=1e-6)
+    assert t_two_sided_p(1.0, 1) == pytest.approx(0.5)  # Cauchy
+    assert t_two_sided_p(12.706205, 1) == pytest.approx(0.05, abs=1e-6)
+    assert t_two_sided_p(0.0, 5) == pytest.approx(1.0)
+
+
+def test_welch_hand_computed():
+    # a: mean 2.5, var 5/3; b: mean 6, var 10 -> se^2 = 5/12 + 2 = 29/12
+    t, df, p = welch_t_test([1, 2, 3, 4], [2, 4, 6, 8, 10])
+    assert t == pytest.approx(-3.5 / math.sqrt(29 / 12))
+    assert df == pytest.approx((29 / 12) ** 2 / ((5 / 12) ** 2 / 3 + 2 ** 2 / 4))
+    assert p == pytest.approx(t_two_sided_p(t, df)) and 0.05 < p < 0.1
+
+
+def test_significant_for_separated_groups():
+    s = summarize(frame({"cwd": [32.8, 32.9, 33.0], "hwd": [33.8, 33.9, 34.0]}), ["distill.method"],
+                  reference={"distill.method": "cwd"}).set_index("distill.method")
+    assert s.loc["hwd", "diff"] == pytest.approx(1.0)
+    assert s.loc["hwd", "p_value"] < 0.001
+    assert bool(s.loc["hwd", "significant"]) is True
+    assert s.loc["cwd", "verdict"] == "reference" and pd.isna(s.loc["cwd", "significant"])
+
+
+def test_not_significant_for_overlapping_groups():
+    s = summarize(frame({"cwd": [32.0, 33.0, 34.0], "hwd": [32.5, 33.5, 34.5]}), ["distill.method"],
+                  reference={"distill.method": "cwd"}).set_index("distill.method")
+    assert bool(s.loc["hwd", "significant"]) is False
+    assert s.loc["hwd", "verdict"] == "within seed noise"
+
+
+@pytest.mark.parametrize("groups", [{"cwd": [30.0], "hwd": [40.0]}, {"cwd": [30.0, 30.1, 30.2], "hwd": [90.0]},
+                                    {"cwd": [30.0], "hwd": [40.0, 40.1, 40.2]}])
+def test_never_claimed_with_a_single_seed(groups):
+    s = summarize(frame(groups), ["distill.method"], reference={"distill.method": "cwd"}).set_index("distill.method")
+    assert pd.isna(s.loc["hwd", "significant"]) and math.isnan(s.loc["hwd", "p_value"])
+    assert s.loc["hwd", "verdict"] == SINGLE_SEED
+    assert math.isfinite(s.loc["hwd", "diff"])  # the difference is shown, just not called significant
+    text = format_table(s.reset_index())
+    assert SINGLE_SEED in text and "above seed noise" not in text
+
+
+def test_reference_is_stratified_by_other_columns():
+    df = pd.DataFrame([{"data.name": d, "distill.method": m, "best_miou": v + (50 if d == "cityscapes" else 0)}
+                       for d in ("ade20k", "cityscapes") for m, vals in {"none": [29, 30, 31], "hwd": [33, 34, 35]}.items()
+                       for v in vals])
+    s = summarize(df, ["data.name", "distill.method"], reference={"distill.method": "none"})
+    hwd = s[s["distill.method"] == "hwd"].set_index("data.name")
+    assert hwd.loc["ade20k", "ref_mean"] == pytest.approx(30.0)
+    assert hwd.loc["cityscapes", "ref_mean"] == pytest.approx(80.0)
+    assert hwd["diff"].tolist() == pytest.approx([4.0, 4.0])
+
+
+def test_format_table_and_errors():
+    s = summarize(frame({"cwd": [0.30, 0.31, 0.32], "hwd": [0.35]}), ["distill.method"],
+                  reference={"distill.method": "cwd"})
+    text = format_table(s, digits=2, scale=100)
+    assert "31.00 +/- 1.00" in text and "35.00 (n=1)" in text and "mean +/- std" in text.splitlines()[0]
+    assert format_table(summarize(frame({}).reindex(columns=["distill.method", "best_miou"]), ["distill.method"])) \
+        == "(no results)"
+    with pytest.raises(KeyError, match="metric"):
+        summarize(frame({"a": [1.0]}), ["distill.method"], metric="nope")
+    with pytest.raises(KeyError, match="group columns"):
+        summarize(frame({"a": [1.0]}), ["model.arch"])
