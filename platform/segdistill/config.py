@@ -15,9 +15,15 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-METHOD_NAMES = ("none", "kd", "cwd", "hwd")
 PIXEL_CORRECTIONS = ("n", "none")
 WEIGHTINGS = ("smooth", "softmax")
+
+
+def known_methods() -> tuple[str, ...]:
+    """'none' plus every method in ``segdistill.losses.METHODS`` (the registry is the truth)."""
+    from .losses.distillers import METHODS  # lazy: keeps config importable on its own
+
+    return ("none", *sorted(METHODS))
 
 
 class ConfigError(ValueError):
@@ -112,7 +118,8 @@ class DistillConfig:
     teacher_checkpoint: str = ""
 
     def __post_init__(self) -> None:
-        _check(self.method in METHOD_NAMES, f"distill.method must be one of {METHOD_NAMES}, got {self.method!r}")
+        known = known_methods()
+        _check(self.method in known, f"distill.method must be one of {known}, got {self.method!r}")
         for name in ("alpha", "tau", "mu", "sigma", "beta", "tau_prime", "kd_temperature"):
             _finite(f"distill.{name}", getattr(self, name))
         _check(self.alpha >= 0, f"distill.alpha must be >= 0, got {self.alpha}")
@@ -175,8 +182,11 @@ class RunConfig:
     compile: bool = False
     threads: int = 0
     progress: bool = True
+    embedding_pixels: int = 0
+    sample_images: int = 0
 
     def __post_init__(self) -> None:
+        _check(self.embedding_pixels >= 0 and self.sample_images >= 0, "run.embedding_pixels/sample_images must be >= 0")
         _check(bool(self.out_dir), "run.out_dir must be a directory path")
         _check(self.eval_every >= 0 and self.checkpoint_every >= 0, "run.eval_every/checkpoint_every must be >= 0")
         _check(self.log_every >= 1, "run.log_every must be >= 1")

@@ -461,6 +461,10 @@ def record_from_fit(result: Any, *, study: str, trial_id: str, status: str | Non
     (e.g. ``{"role": "teacher", "group": "beta", "preset": "demo"}``) become ``trials`` columns;
     ``role`` defaults to "student". ``git_sha`` is filled in unless a tag gives it.
     """
+    if embeddings is None:
+        embeddings = getattr(result, "embeddings", None)
+    if samples is None:
+        samples = getattr(result, "samples", None)
     cfg = result.config
     config = dict(cfg.to_flat() if hasattr(cfg, "to_flat") else cfg)
     metrics: dict[str, Any] = {name: _scalar(getattr(result, name, None)) for name in METRIC_FIELDS}

@@ -1,0 +1,163 @@
+"""Command line: ``segdistill {distill,train,info,report}`` (also ``python -m segdistill``).
+
+- ``distill``: train a teacher on the synthetic default (or reuse it), then distil students with
+  the chosen methods, printing one row per run. The quickest end-to-end look at the core.
+- ``train``: one run from flat ``--set section.field=value`` overrides.
+- ``info``: registered models, datasets and methods.
+- ``report``: regenerate tables and figures from a results tree (``python -m analysis``).
+Sweeps on Ray live in ``experiments/*.py`` (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError, TrainConfig
+
+TINY_TEACHER = "deeplabv3_tiny_r101"
+TINY_STUDENT = "deeplabv3_tiny_r18"
+
+
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["distill.beta=0.3", "run.device=cpu"]`` -> flat dict with typed values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects section.field=value, got {item!r}")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _summary_line(name: str, result: Any) -> str:
+    return (f"{name:<16} mIoU {result.final_miou:6.4f}  best {result.best_miou:6.4f}  "
+            f"pixel acc {result.pixel_acc:6.4f}  {result.iterations_done:>5} it  "
+            f"{result.wall_time_s:7.1f} s  {result.images_per_s:7.1f} img/s")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import fit
+
+    base = TrainConfig.from_json(Path(args.config).read_text()) if args.config else TrainConfig()
+    cfg = base.replace(**parse_overrides(args.set))
+    result = fit(cfg, resume=not args.fresh)
+    print(_summary_line(cfg.distill.method, result))
+    print(f"checkpoint: {result.checkpoint_dir}\nmodel: {result.model_path}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """Teacher, then one student per method, all on the synthetic default; prints a table."""
+    from .train import MODEL_FILE, fit
+
+    out = Path(args.out)
+    common = {"optim.iterations": args.iterations, "run.eval_every": max(1, args.iterations // 4),
+              "run.seed": args.seed, "data.num_classes": args.classes, **parse_overrides(args.set)}
+    base = TrainConfig().replace(**common)
+    teacher_cfg = base.replace(**{"model.arch": args.teacher, "optim.iterations": args.teacher_iterations,
+                                  "run.eval_every": max(1, args.teacher_iterations // 4),
+                                  "run.out_dir": str(out / "teacher")})
+    teacher_file = out / "teacher" / MODEL_FILE
+    rows = []
+    if teacher_file.is_file() and not args.retrain_teacher:
+        print(f"reusing teacher {teacher_file}")
+    else:
+        rows.append(("teacher", fit(teacher_cfg, resume=not args.fresh)))
+        print(_summary_line("teacher", rows[-1][1]))
+    for method in args.methods:
+        cfg = base.replace(**{"model.arch": args.student, "distill.method": method,
+                              "run.out_dir": str(out / f"student_{method}")})
+        if method != "none":
+            cfg = cfg.replace(**{"distill.teacher_arch": args.teacher, "distill.teacher_checkpoint": str(teacher_file)})
+        result = fit(cfg, resume=not args.fresh)
+        rows.append((f"student {method}", result))
+        print(_summary_line(f"student {method}", result))
+    print("\nsummary")
+    for name, result in rows:
+        print("  " + _summary_line(name, result))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .data import DATASETS
+    from .losses import METHODS
+    from .models import MODELS
+
+    info = {"models": sorted(MODELS), "datasets": sorted(DATASETS), "methods": ["none", *sorted(METHODS)],
+            "config_keys": sorted(TrainConfig().to_flat())}
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import runpy
+
+    root = Path(__file__).resolve().parents[2]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    sys.argv = ["analysis", "--results", args.results, "--out", args.out]
+    runpy.run_module("analysis", run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segdistill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="one training run from flat config overrides")
+    t.add_argument("--config", help="JSON file with a flat config (TrainConfig.to_json())")
+    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. distill.method=hwd optim.iterations=200")
+    t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in run.out_dir")
+    t.set_defaults(fn=cmd_train)
+
+    d = sub.add_parser("distill", help="train a tiny teacher, then distil students (synthetic default)")
+    d.add_argument("--out", default="runs/distill")
+    d.add_argument("--teacher", default=TINY_TEACHER)
+    d.add_argument("--student", default=TINY_STUDENT)
+    d.add_argument("--methods", nargs="+", default=["none", "cwd", "hwd"])
+    d.add_argument("--iterations", type=int, default=300, help="student iterations")
+    d.add_argument("--teacher-iterations", type=int, default=600)
+    d.add_argument("--classes", type=int, default=24)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    d.add_argument("--retrain-teacher", action="store_true")
+    d.add_argument("--fresh", action="store_true")
+    d.set_defaults(fn=cmd_distill)
+
+    i = sub.add_parser("info", help="list models, datasets, methods and config keys")
+    i.set_defaults(fn=cmd_info)
+
+    r = sub.add_parser("report", help="tables and figures from a results tree")
+    r.add_argument("--results", default="results")
+    r.add_argument("--out", default="reports")
+    r.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"segdistill: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

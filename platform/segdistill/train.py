@@ -1,0 +1,588 @@
+"""The trainer: teacher training (CE) or student distillation (CE + aux CE + alpha * method loss).
+
+``fit(cfg, callbacks)`` runs in the calling process with plain PyTorch (no Ray). If the caller has
+initialised ``torch.distributed`` (Ray Train's TorchTrainer does), the student is wrapped in DDP,
+every rank trains on its own shard of each global batch and evaluation is sharded and all-reduced.
+
+Determinism and exact resume: all randomness of iteration ``i`` (which images, their augmentation,
+dropout) is derived from ``(run.seed, i)``, so a run resumed from the checkpoint of iteration ``k``
+replays exactly what an uninterrupted run would have done. Checkpoints hold the model, optimiser,
+iteration, best metric, curves and RNG states, and are written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .config import TrainConfig
+from .data import build_datasets
+from .losses import build_distiller
+from .metrics import ConfusionMatrix, EvalAccumulators, TDNTDMeter, per_class_rows
+from .models import build_model, count_flops, count_params
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.pt"
+MODEL_FILE = "model.pt"
+MODEL_FORMAT = "segdistill-model-v1"
+
+
+# --------------------------------------------------------------------------------------------
+# Public types
+# --------------------------------------------------------------------------------------------
+@dataclass
+class EvalEvent:
+    """Passed to ``Callback.on_eval`` after each evaluation (on every rank)."""
+
+    iteration: int
+    metrics: dict[str, float]
+    checkpoint_dir: str | None  # set on rank 0 when a checkpoint was written at this evaluation
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclass
+class FitResult:
+    config: TrainConfig
+    iterations_done: int
+    best_miou: float
+    final_miou: float
+    pixel_acc: float
+    per_class: list[dict[str, Any]]
+    curves: list[dict[str, Any]]
+    params: int
+    flops: float
+    wall_time_s: float
+    images_per_s: float
+    device: str
+    checkpoint_dir: str | None
+    model_path: str | None
+    stopped_early: bool = False
+    evals: list[dict[str, float]] = field(default_factory=list)
+    embeddings: dict[str, np.ndarray] | None = None  # {"features": (N, D), "labels": (N,)} if run.embedding_pixels
+    samples: list[dict[str, np.ndarray]] | None = None  # [{"image", "label", "prediction"}] if run.sample_images
+
+
+class Callback(Protocol):
+    """Any subset of these methods; ``on_eval`` may return True to stop training early."""
+
+    def on_log(self, record: dict[str, float]) -> None: ...
+    def on_eval(self, event: EvalEvent) -> bool | None: ...
+    def on_end(self, result: FitResult) -> None: ...
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or inf; the message names the iteration and the term."""
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"run.device={name!r} but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix-style), stable across processes and platforms."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class _Seeded(Dataset):
+    """Wraps a dataset so item ``(index, seed)`` is produced with all RNGs seeded by ``seed``."""
+
+    def __init__(self, inner: Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        _seed_everything(seed)
+        return self.inner[index]
+
+
+class _IterationBatches(Sampler):
+    """Yields, for iterations start..end-1, this rank's list of (index, seed) for the global batch.
+
+    Sample position p = (it * world + rank) * batch + j walks through per-epoch permutations seeded by
+    (seed, epoch); so the data order depends only on (seed, iteration) and resumes exactly.
+    """
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, end: int, rank: int, world: int) -> None:
+        self.n, self.batch, self.seed, self.start, self.end, self.rank, self.world = n, batch, seed, start, end, rank, world
+        self._perms: dict[int, Tensor] = {}
+
+    def _perm(self, epoch: int) -> Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(_mix_seed(self.seed, 1, epoch))
+            self._perms = {epoch: torch.randperm(self.n, generator=g)}
+        return self._perms[epoch]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for it in range(self.start, self.end):
+            out = []
+            for j in range(self.batch):
+                p = (it * self.world + self.rank) * self.batch + j
+                idx = int(self._perm(p // self.n)[p % self.n])
+                out.append((idx, _mix_seed(self.seed, 2, it, self.rank, j)))
+            yield out
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "module", model)  # DDP
+    return getattr(inner, "_orig_mod", inner)  # torch.compile
+
+
+def save_model_artifact(model: nn.Module, cfg: TrainConfig, path: str | Path, metrics: dict[str, float] | None = None) -> Path:
+    """Write weights + architecture facts: the file a teacher is loaded from (the model zoo unit)."""
+    m = _unwrap(model)
+    payload = {
+        "format": MODEL_FORMAT,
+        "arch": cfg.model.arch,
+        "num_classes": m.num_classes,
+        "output_stride": cfg.model.output_stride,
+        "aux": cfg.model.aux,
+        "dataset": cfg.data.name,
+        "config": cfg.to_flat(),
+        "metrics": dict(metrics or {}),
+        "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()},
+    }
+    path = Path(path)
+    _atomic_save(payload, path)
+    return path
+
+
+def load_teacher(path: str | Path, *, arch: str, num_classes: int, device: torch.device) -> nn.Module:
+    """Load a frozen teacher (eval mode, no gradients) and check it matches what the config expects.
+
+    ``path`` is a ``model.pt`` artefact written by :func:`save_model_artifact` or a training
+    ``state.pt`` checkpoint (its ``model`` weights are used).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"teacher checkpoint not found: {p}")
+    payload = torch.load(p, map_location="cpu", weights_only=False)
+    if payload.get("format") == MODEL_FORMAT:
+        t_arch, t_classes, t_os, state = payload["arch"], payload["num_classes"], payload["output_stride"], payload["state_dict"]
+        t_aux = payload.get("aux", True)
+    elif "model" in payload and "config" in payload:
+        tcfg = TrainConfig.from_flat(payload["config"])
+        t_arch, t_os, t_aux, state = tcfg.model.arch, tcfg.model.output_stride, tcfg.model.aux, payload["model"]
+        t_classes = payload["num_classes"]
+    else:
+        raise ValueError(f"{p} is neither a segdistill model file nor a training checkpoint")
+    if t_arch != arch:
+        raise ValueError(f"teacher checkpoint {p} holds architecture {t_arch!r}, but distill.teacher_arch is {arch!r}")
+    if t_classes != num_classes:
+        raise ValueError(f"teacher checkpoint {p} predicts {t_classes} classes, but the dataset has {num_classes}")
+    teacher = build_model(t_arch, t_classes, output_stride=t_os, aux=t_aux)
+    teacher.load_state_dict(state, strict=True)
+    teacher.eval().requires_grad_(False)
+    return teacher.to(device)
+
+
+def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
+    """Poly decay: lr * (1 - it / total) ** power."""
+    return base_lr * (1.0 - iteration / total) ** power
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+class Trainer:
+    """Holds the state of one run; :func:`fit` is the entry point."""
+
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[object] = ()) -> None:
+        self.cfg = cfg
+        self.callbacks = list(callbacks)
+        self.rank, self.world = _dist_info()
+        self.device = resolve_device(cfg.run.device)
+        if self.world > 1 and self.device.type == "cuda" and cfg.run.device in ("auto", "cuda"):
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        self.out_dir = Path(cfg.run.out_dir)
+        self.ckpt_dir = self.out_dir / CHECKPOINT_DIR
+        self.use_amp = cfg.run.amp and self.device.type == "cuda"
+        self.memory_format = torch.channels_last if (cfg.run.channels_last and self.device.type == "cuda") else torch.contiguous_format
+
+        _seed_everything(_mix_seed(cfg.run.seed, 0))
+        self.train_ds, self.val_ds, self.info = build_datasets(cfg.data)
+        self.num_classes = self.info.num_classes
+        self.ignore_index = self.info.ignore_index
+
+        self.student = build_model(cfg.model.arch, self.num_classes, output_stride=cfg.model.output_stride,
+                                   aux=cfg.model.aux, pretrained=cfg.model.pretrained)
+        self.student.to(self.device, memory_format=self.memory_format)
+        self.teacher: nn.Module | None = None
+        self.distiller = build_distiller(cfg.distill, ignore_index=self.ignore_index)
+        if self.distiller is not None:
+            self.teacher = load_teacher(cfg.distill.teacher_checkpoint, arch=cfg.distill.teacher_arch,
+                                        num_classes=self.num_classes, device=self.device)
+            self.teacher.to(memory_format=self.memory_format)
+            self.distiller.to(self.device)
+            feats = set(self.student(torch.zeros(1, 3, 32, 32, device=self.device)).features) if self.distiller.required_features else set()
+            self.distiller.check_features(feats)
+        params = list(self.student.parameters()) + (list(self.distiller.parameters()) if self.distiller is not None else [])
+        o = cfg.optim
+        self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        self.model: nn.Module = self.student
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
+        if cfg.run.compile:
+            self.model = torch.compile(self.model)
+
+        self.iteration = 0
+        self.best_miou = float("-inf")
+        self.curves: list[dict[str, Any]] = []
+        self.evals: list[dict[str, float]] = []
+        self.last_eval: dict[str, Any] = {}
+        self.images_seen = 0
+        self.train_time = 0.0  # seconds in training iterations (data + step), summed over resumes
+        self.wall_time = 0.0  # seconds of the whole run incl. evaluation, summed over resumes
+        self._run_t0 = 0.0  # start of the current (possibly resumed) segment
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "config": self.cfg.to_flat(),
+            "num_classes": self.num_classes,
+            "iteration": self.iteration,
+            "model": _unwrap(self.student).state_dict(),
+            "distiller": self.distiller.state_dict() if self.distiller is not None else {},
+            "optimizer": self.optimizer.state_dict(),
+            "best_miou": self.best_miou,
+            "curves": self.curves,
+            "evals": self.evals,
+            "last_eval": self.last_eval,
+            "images_seen": self.images_seen,
+            "train_time": self.train_time,
+            "wall_time": self.wall_time + (time.perf_counter() - self._run_t0 if self._run_t0 else 0.0),
+            "rng": rng,
+        }
+
+    def save_checkpoint(self) -> str:
+        _atomic_save(self.state_dict(), self.ckpt_dir / STATE_FILE)
+        return str(self.ckpt_dir)
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        saved = TrainConfig.from_flat(state["config"])
+        for section in ("data", "model", "distill", "optim"):
+            if getattr(saved, section) != getattr(self.cfg, section):
+                raise ValueError(f"checkpoint {path} was written by a run with a different '{section}' config; "
+                                 f"use a fresh run.out_dir or resume=False")
+        _unwrap(self.student).load_state_dict(state["model"])
+        if self.distiller is not None:
+            self.distiller.load_state_dict(state["distiller"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = state["iteration"]
+        self.best_miou = state["best_miou"]
+        self.curves = state["curves"]
+        self.evals = state["evals"]
+        self.last_eval = state["last_eval"]
+        self.images_seen = state["images_seen"]
+        self.train_time = state["train_time"]
+        self.wall_time = state["wall_time"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    # -- one step -----------------------------------------------------------------------------
+    def _upsample(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def train_step(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """One optimisation step; returns the named loss terms (detached).
+
+        total = CE(student) + aux_weight * CE(aux) + alpha * L_distill     (paper Eq. 8)
+        """
+        cfg = self.cfg
+        self.model.train()
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            t_logits = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t_logits = self.teacher(images).logits  # (B, C, h, w)
+            out = self.model(images)
+            size = labels.shape[-2:]
+            ce = F.cross_entropy(self._upsample(out.logits, size).float(), labels, ignore_index=self.ignore_index)
+            terms: dict[str, Tensor] = {"loss/ce": ce}
+            total = ce
+            if out.aux is not None and cfg.optim.aux_weight > 0:
+                aux = F.cross_entropy(self._upsample(out.aux, size).float(), labels, ignore_index=self.ignore_index)
+                terms["loss/aux"] = aux
+                total = total + cfg.optim.aux_weight * aux
+            if self.distiller is not None and t_logits is not None:
+                distill = self.distiller(out.logits, t_logits, labels, out.features, None)
+                terms["loss/distill"] = distill
+                total = total + cfg.distill.alpha * distill
+            terms["loss/total"] = total
+        finite = torch.stack([v.detach().float() for v in terms.values()]).isfinite()
+        if not bool(finite.all()):
+            bad = [k for k, ok in zip(terms, finite.tolist()) if not ok]
+            vals = {k: float(terms[k].detach()) for k in bad}
+            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration}: {vals} (terms {bad})")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        return {k: v.detach() for k, v in terms.items()}
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Whole-image evaluation, logits upsampled bilinearly; sharded over ranks, all-reduced."""
+        self.student.eval()
+        acc = EvalAccumulators(
+            ConfusionMatrix(self.num_classes, self.ignore_index, self.device),
+            TDNTDMeter(self.num_classes, self.cfg.distill.tau, self.ignore_index, self.device) if self.teacher is not None else None,
+        )
+        indices = list(range(self.rank, len(self.val_ds), self.world))
+        batch = self.cfg.optim.batch_size if self.info.val_batchable else 1
+        for start in range(0, len(indices), batch):
+            items = [self.val_ds[i] for i in indices[start:start + batch]]
+            images = torch.stack([x for x, _ in items]).to(self.device, memory_format=self.memory_format)
+            labels = torch.stack([y for _, y in items]).to(self.device)
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                s_logits = self.student(images).logits
+                t_logits = self.teacher(images).logits if self.teacher is not None else None
+            pred = self._upsample(s_logits.float(), labels.shape[-2:]).argmax(1)
+            acc.confusion.update(pred, labels)
+            if acc.divergence is not None and t_logits is not None:
+                acc.divergence.update(s_logits.float(), t_logits.float(), labels)
+        if self.world > 1:
+            for t in acc.state_tensors():
+                dist.all_reduce(t)
+        conf = acc.confusion.compute()
+        div = acc.divergence.compute() if acc.divergence is not None else None
+        return {"conf": conf, "div": div, "per_class": per_class_rows(conf, div, self.info.class_names)}
+
+    @torch.no_grad()
+    def collect_extras(self) -> tuple[dict[str, np.ndarray] | None, list[dict[str, np.ndarray]] | None]:
+        """Opt-in figure data: sampled per-pixel "head" features with their labels (t-SNE, paper
+        Fig. 5) and a few validation predictions (Fig. 4). Deterministic in ``run.seed``."""
+        n_pix, n_img = self.cfg.run.embedding_pixels, self.cfg.run.sample_images
+        if not n_pix and not n_img:
+            return None, None
+        self.student.eval()
+        feats, labs, samples = [], [], []
+        n_sources = min(len(self.val_ds), max(n_img, 8 if n_pix else 0))
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+        for i in range(n_sources):
+            image, label = self.val_ds[i]
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                out = self.student(image[None].to(self.device, memory_format=self.memory_format))
+            if n_pix:
+                f = out.features["head"].float()[0]  # (D, h, w)
+                small = F.interpolate(label[None, None].float(), size=f.shape[-2:], mode="nearest")[0, 0].long()
+                valid = (small != self.ignore_index) & (small < self.num_classes)
+                feats.append(f.permute(1, 2, 0)[valid.to(f.device)].cpu())  # (n_valid, D)
+                labs.append(small[valid])
+            if i < n_img:
+                pred = self._upsample(out.logits.float(), label.shape[-2:]).argmax(1)[0].cpu()
+                rgb = ((image * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+                samples.append({"image": rgb.numpy(), "label": label.numpy().astype(np.int16),
+                                "prediction": pred.numpy().astype(np.int16)})
+        embeddings = None
+        if n_pix and feats:
+            all_f, all_l = torch.cat(feats), torch.cat(labs)
+            g = torch.Generator().manual_seed(_mix_seed(self.cfg.run.seed, 3))
+            pick = torch.randperm(len(all_l), generator=g)[:n_pix]
+            embeddings = {"features": all_f[pick].numpy(), "labels": all_l[pick].numpy()}
+        return embeddings, (samples or None)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _call(self, hook: str, arg: Any) -> bool:
+        stop = False
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is not None and fn(arg):
+                stop = True
+        return stop
+
+    def _loader(self, start: int, end: int) -> DataLoader:
+        cfg = self.cfg
+        sampler = _IterationBatches(len(self.train_ds), cfg.optim.batch_size, cfg.run.seed, start, end, self.rank, self.world)
+        return DataLoader(_Seeded(self.train_ds), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def run(self, resume: bool = True) -> FitResult:
+        cfg = self.cfg
+        total = cfg.optim.iterations
+        state_path = self.ckpt_dir / STATE_FILE
+        if resume and state_path.is_file():
+            self.load_checkpoint(state_path)
+        eval_every = cfg.run.eval_every or total
+        ckpt_every = cfg.run.checkpoint_every or eval_every
+        stopped_early = False
+        progress = None
+        if cfg.run.progress and self.rank == 0 and self.iteration < total:
+            from tqdm.auto import tqdm
+            progress = tqdm(total=total, initial=self.iteration, desc=f"{cfg.model.arch} [{cfg.distill.method}]",
+                            unit="it", dynamic_ncols=True, leave=False)
+        run_t0 = self._run_t0 = time.perf_counter()
+        window_t0, window_images = run_t0, 0
+        t_prev = run_t0
+        for images, labels in self._loader(self.iteration, total):
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            labels = labels.to(self.device, non_blocking=True)
+            lr = poly_lr(cfg.optim.lr, self.iteration, total, cfg.optim.power)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            terms = self.train_step(images, labels)
+            self.iteration += 1
+            n_img = images.shape[0] * self.world
+            self.images_seen += n_img
+            window_images += n_img
+            now = time.perf_counter()
+            self.train_time += now - t_prev  # data loading + step, evaluation excluded
+            t_prev = now
+            if self.iteration % cfg.run.log_every == 0 or self.iteration == total:
+                now = time.perf_counter()
+                record = {"iteration": self.iteration, "lr": lr, **{k: float(v) for k, v in terms.items()},
+                          "images_per_s": window_images / max(now - window_t0, 1e-9)}
+                window_t0, window_images = now, 0
+                self.curves.append(record)
+                self._call("on_log", record)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{record['loss/total']:.3f}", lr=f"{lr:.2e}")
+            if progress is not None:
+                progress.update(1)
+            if self.iteration % eval_every == 0 or self.iteration == total:
+                stop = self._evaluate_and_report(self.iteration % ckpt_every == 0 or self.iteration == total)
+                t_prev = window_t0 = time.perf_counter()
+                window_images = 0
+                if stop:
+                    stopped_early = self.iteration < total
+                    break
+        if progress is not None:
+            progress.close()
+        if not self.last_eval or self.last_eval.get("iteration") != self.iteration:
+            self._evaluate_and_report(write_checkpoint=True)
+        self.wall_time += time.perf_counter() - run_t0
+        self._run_t0 = 0.0
+        return self._finish(stopped_early)
+
+    def _evaluate_and_report(self, write_checkpoint: bool) -> bool:
+        ev = self.evaluate()
+        conf = ev["conf"]
+        miou = conf["miou"]
+        self.best_miou = max(self.best_miou, miou) if math.isfinite(miou) else self.best_miou
+        metrics = {
+            "iteration": self.iteration, "val/miou": miou, "val/pixel_acc": conf["pixel_acc"],
+            "val/mean_acc": conf["mean_acc"], "val/best_miou": self.best_miou,
+            "val/classes_present": conf["classes_present"],
+        }
+        self.evals.append(metrics)
+        self.last_eval = {**metrics, "per_class": ev["per_class"]}
+        if self.curves and self.curves[-1]["iteration"] == self.iteration:
+            self.curves[-1]["val/miou"] = miou
+        else:
+            self.curves.append({"iteration": self.iteration, "val/miou": miou})
+        ckpt = self.save_checkpoint() if (write_checkpoint and self.rank == 0) else None
+        if self.world > 1 and write_checkpoint:
+            dist.barrier()
+        event = EvalEvent(self.iteration, {k: float(v) for k, v in metrics.items()}, ckpt, self.rank, self.world)
+        return self._call("on_eval", event)
+
+    def _finish(self, stopped_early: bool) -> FitResult:
+        cfg = self.cfg
+        last = self.last_eval
+        model_path = None
+        if self.rank == 0:
+            model_path = str(save_model_artifact(self.student, cfg, self.out_dir / MODEL_FILE,
+                                                 {"miou": last.get("val/miou", float("nan"))}))
+        try:
+            flops = count_flops(cfg.model.arch, self.num_classes, size=512, output_stride=cfg.model.output_stride)
+        except Exception:  # FLOPs are a report, never a reason to lose a finished run
+            flops = float("nan")
+        embeddings, samples = self.collect_extras() if self.rank == 0 else (None, None)
+        device_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        result = FitResult(
+            config=cfg,
+            iterations_done=self.iteration,
+            best_miou=self.best_miou,
+            final_miou=last.get("val/miou", float("nan")),
+            pixel_acc=last.get("val/pixel_acc", float("nan")),
+            per_class=last.get("per_class", []),
+            curves=self.curves,
+            params=count_params(_unwrap(self.student)),
+            flops=flops,
+            wall_time_s=self.wall_time,
+            images_per_s=self.images_seen / max(self.train_time, 1e-9),
+            device=device_name,
+            checkpoint_dir=str(self.ckpt_dir),
+            model_path=model_path,
+            stopped_early=stopped_early,
+            evals=self.evals,
+            embeddings=embeddings,
+            samples=samples,
+        )
+        self._call("on_end", result)
+        return result
+
+
+def fit(cfg: TrainConfig, callbacks: Sequence[object] = (), *, resume: bool = True) -> FitResult:
+    """Train a teacher (``distill.method == 'none'``) or distil a student, and return its results.
+
+    With ``resume=True`` an existing ``run.out_dir/checkpoint/state.pt`` is continued exactly.
+    """
+    return Trainer(cfg, callbacks).run(resume=resume)
