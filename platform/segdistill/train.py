@@ -232,6 +232,49 @@ def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------
+# The training step
+# --------------------------------------------------------------------------------------------
+def segmentation_ce(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
+    """Paper Eq. (1): CE of logits (B, C, h, w) bilinearly upsampled to the labels (B, H, W)."""
+    up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)  # (B, C, H, W)
+    return F.cross_entropy(up.float(), labels, ignore_index=ignore_index)
+
+
+def distillation_losses(student: nn.Module, teacher: nn.Module | None, distiller: nn.Module | None,
+                        images: Tensor, labels: Tensor, *, alpha: float, aux_weight: float,
+                        ignore_index: int = 255) -> dict[str, Tensor]:
+    """Forward passes and the named loss terms of one step (paper Eq. 8 plus the aux head):
+
+        loss/total = loss/ce + aux_weight * loss/aux + alpha * loss/distill
+
+    The teacher runs without gradient; the distiller sees the main logits only (1/8 resolution).
+    """
+    t_logits = None
+    if teacher is not None:
+        with torch.no_grad():
+            t_logits = teacher(images).logits  # (B, C, h, w)
+    out = student(images)
+    terms: dict[str, Tensor] = {"loss/ce": segmentation_ce(out.logits, labels, ignore_index)}
+    total = terms["loss/ce"]
+    if out.aux is not None and aux_weight > 0:
+        terms["loss/aux"] = segmentation_ce(out.aux, labels, ignore_index)
+        total = total + aux_weight * terms["loss/aux"]
+    if distiller is not None and t_logits is not None:
+        terms["loss/distill"] = distiller(out.logits, t_logits, labels, out.features, None)
+        total = total + alpha * terms["loss/distill"]
+    terms["loss/total"] = total
+    return terms
+
+
+def check_finite(terms: dict[str, Tensor], iteration: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming the iteration and each NaN/inf loss term."""
+    finite = torch.stack([v.detach().float() for v in terms.values()]).isfinite()
+    if not bool(finite.all()):
+        bad = {k: float(terms[k].detach()) for k, ok in zip(terms, finite.tolist()) if not ok}
+        raise NonFiniteLossError(f"non-finite loss at iteration {iteration}: {bad}")
+
+
+# --------------------------------------------------------------------------------------------
 # The trainer
 # --------------------------------------------------------------------------------------------
 class Trainer:
@@ -350,38 +393,15 @@ class Trainer:
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def train_step(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """One optimisation step; returns the named loss terms (detached).
-
-        total = CE(student) + aux_weight * CE(aux) + alpha * L_distill     (paper Eq. 8)
-        """
-        cfg = self.cfg
+        """One optimisation step under bf16 autocast (GPU); returns the detached loss terms."""
         self.model.train()
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            t_logits = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    t_logits = self.teacher(images).logits  # (B, C, h, w)
-            out = self.model(images)
-            size = labels.shape[-2:]
-            ce = F.cross_entropy(self._upsample(out.logits, size).float(), labels, ignore_index=self.ignore_index)
-            terms: dict[str, Tensor] = {"loss/ce": ce}
-            total = ce
-            if out.aux is not None and cfg.optim.aux_weight > 0:
-                aux = F.cross_entropy(self._upsample(out.aux, size).float(), labels, ignore_index=self.ignore_index)
-                terms["loss/aux"] = aux
-                total = total + cfg.optim.aux_weight * aux
-            if self.distiller is not None and t_logits is not None:
-                distill = self.distiller(out.logits, t_logits, labels, out.features, None)
-                terms["loss/distill"] = distill
-                total = total + cfg.distill.alpha * distill
-            terms["loss/total"] = total
-        finite = torch.stack([v.detach().float() for v in terms.values()]).isfinite()
-        if not bool(finite.all()):
-            bad = [k for k, ok in zip(terms, finite.tolist()) if not ok]
-            vals = {k: float(terms[k].detach()) for k in bad}
-            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration}: {vals} (terms {bad})")
+            terms = distillation_losses(self.model, self.teacher, self.distiller, images, labels,
+                                        alpha=self.cfg.distill.alpha, aux_weight=self.cfg.optim.aux_weight,
+                                        ignore_index=self.ignore_index)
+        check_finite(terms, self.iteration)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        terms["loss/total"].backward()
         self.optimizer.step()
         return {k: v.detach() for k, v in terms.items()}
 
