@@ -139,7 +139,8 @@ class DistillConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     """SGD with poly decay, iteration-based (supplement Sec. III: lr 0.01, momentum 0.9, wd 1e-4,
-    batch 8, 40k iterations, power 0.9). ``aux_weight`` is the auxiliary FCN head's CE weight."""
+    batch 8, 40k iterations, power 0.9). ``batch_size`` is the global batch, split evenly over
+    data-parallel workers. ``aux_weight`` is the auxiliary FCN head's CE weight."""
 
     lr: float = 0.01
     momentum: float = 0.9
@@ -157,7 +158,7 @@ class OptimConfig:
         _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
         _check(self.power >= 0, "optim.power must be >= 0")
         _check(self.iterations >= 1, f"optim.iterations must be >= 1, got {self.iterations}")
-        _check(self.batch_size >= 1, f"optim.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.batch_size >= 2, f"optim.batch_size must be >= 2 (BatchNorm in the pooling branches), got {self.batch_size}")
         _check(self.aux_weight >= 0, "optim.aux_weight must be >= 0")
 
 

@@ -294,6 +294,10 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
+        if cfg.optim.batch_size % self.world or cfg.optim.batch_size // self.world < 2:
+            raise ValueError(f"optim.batch_size={cfg.optim.batch_size} is the global batch: it must split evenly over "
+                             f"{self.world} workers with at least 2 images each (BatchNorm in the pooling branches)")
+        self.rank_batch = cfg.optim.batch_size // self.world
         self.out_dir = Path(cfg.run.out_dir)
         self.ckpt_dir = self.out_dir / CHECKPOINT_DIR
         self.use_amp = cfg.run.amp and self.device.type == "cuda"
@@ -480,7 +484,7 @@ class Trainer:
 
     def _loader(self, start: int, end: int) -> DataLoader:
         cfg = self.cfg
-        sampler = _IterationBatches(len(self.train_ds), cfg.optim.batch_size, cfg.run.seed, start, end, self.rank, self.world)
+        sampler = _IterationBatches(len(self.train_ds), self.rank_batch, cfg.run.seed, start, end, self.rank, self.world)
         return DataLoader(_Seeded(self.train_ds), batch_sampler=sampler, num_workers=cfg.data.num_workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=False)
 
@@ -509,7 +513,7 @@ class Trainer:
                 group["lr"] = lr
             terms = self.train_step(images, labels)
             self.iteration += 1
-            n_img = images.shape[0] * self.world
+            n_img = cfg.optim.batch_size
             self.images_seen += n_img
             window_images += n_img
             now = time.perf_counter()
