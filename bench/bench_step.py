@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=5)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--no-aux", action="store_true", help="drop the aux head (the reference has none)")
-    ap.add_argument("--variants", default="eager,compile", help="comma list of eager, compile, compile_ce")
+    ap.add_argument("--variants", default="eager,compile", help="comma list of eager, compile (student), compile_ce (the trainer's GPU default), compile_both")
     a = ap.parse_args()
 
     dev = torch.device(a.device)
@@ -74,14 +74,15 @@ def main() -> None:
         "student_params": count_params(build_model(a.student, a.classes)),
     }
 
-    import segdistill.train as train_mod
+    from segdistill.train import segmentation_ce
 
-    eager_ce = train_mod.segmentation_ce
     for variant in a.variants.split(","):
         student = build_model(a.student, a.classes, aux=not a.no_aux).to(dev, memory_format=fmt).train()
         opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         model = torch.compile(student) if variant == "compile" else student
-        train_mod.segmentation_ce = torch.compile(eager_ce) if variant == "compile_ce" else eager_ce
+        ce = torch.compile(segmentation_ce) if variant in ("compile_ce", "compile_both") else segmentation_ce
+        if variant == "compile_both":
+            model = torch.compile(student)
         for method in ("none", "cwd", "hwd"):
             cfg = DistillConfig(method=method, teacher_arch="t", teacher_checkpoint="t") if method != "none" else DistillConfig()
             distiller = build_distiller(cfg)
@@ -89,7 +90,7 @@ def main() -> None:
 
             def step() -> None:
                 with torch.autocast(**amp):
-                    terms = distillation_losses(model, t, distiller, x, y, alpha=3.0, aux_weight=0.4)
+                    terms = distillation_losses(model, t, distiller, x, y, alpha=3.0, aux_weight=0.4, ce=ce)
                 opt.zero_grad(set_to_none=True)
                 terms["loss/total"].backward()
                 opt.step()
@@ -105,7 +106,6 @@ def main() -> None:
         del model, student, opt
         if cuda:
             torch.cuda.empty_cache()
-    train_mod.segmentation_ce = eager_ce
 
     with torch.no_grad(), torch.autocast(**amp):
         zt = teacher(x).logits.float()

@@ -81,10 +81,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
         rows.append(("teacher", fit(teacher_cfg, resume=not args.fresh)))
         print(_summary_line("teacher", rows[-1][1]))
     for method in args.methods:
-        cfg = base.replace(**{"model.arch": args.student, "distill.method": method,
-                              "run.out_dir": str(out / f"student_{method}")})
+        over = {"model.arch": args.student, "distill.method": method, "run.out_dir": str(out / f"student_{method}")}
         if method != "none":
-            cfg = cfg.replace(**{"distill.teacher_arch": args.teacher, "distill.teacher_checkpoint": str(teacher_file)})
+            over.update({"distill.teacher_arch": args.teacher, "distill.teacher_checkpoint": str(teacher_file)})
+        cfg = base.replace(**over)
         result = fit(cfg, resume=not args.fresh)
         rows.append((f"student {method}", result))
         print(_summary_line(f"student {method}", result))

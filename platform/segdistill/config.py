@@ -168,7 +168,8 @@ class RunConfig:
 
     ``eval_every`` (iterations; 0 = only at the end), ``checkpoint_every`` (0 = at each eval),
     ``device`` 'auto' | 'cpu' | 'cuda' | 'cuda:N', ``amp`` bf16 autocast (GPU only),
-    ``channels_last`` (GPU only), ``compile`` torch.compile the student, ``log_every`` iterations
+    ``channels_last`` (GPU only), ``compile`` torch.compile the student, ``compile_loss`` torch.compile the full-resolution
+    upsample + CE (GPU only; same maths, fused kernels), ``log_every`` iterations
     between per-iteration curve records, ``progress`` show a progress bar.
     """
 
@@ -181,6 +182,7 @@ class RunConfig:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
+    compile_loss: bool = True
     threads: int = 0
     progress: bool = True
     embedding_pixels: int = 0
