@@ -99,6 +99,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .losses import METHODS
     from .models import MODELS
 
+    if args.complexity:
+        from .models import build_model, count_flops, count_params
+
+        print(f"{'model':<22} {'params':>9} {'GFLOPs@512':>11}   ({args.classes} classes, output stride 8, aux head excluded)")
+        for name in sorted(MODELS):
+            params = count_params(build_model(name, args.classes, aux=False))
+            gflops = count_flops(name, args.classes, size=512) / 1e9
+            print(f"{name:<22} {params / 1e6:8.2f}M {gflops:11.1f}")
+        return 0
     info = {"models": sorted(MODELS), "datasets": sorted(DATASETS), "methods": ["none", *sorted(METHODS)],
             "config_keys": sorted(TrainConfig().to_flat())}
     print(json.dumps(info, indent=1))
@@ -141,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_distill)
 
     i = sub.add_parser("info", help="list models, datasets, methods and config keys")
+    i.add_argument("--complexity", action="store_true", help="params and FLOPs (2 per multiply-add) at 512x512")
+    i.add_argument("--classes", type=int, default=150)
     i.set_defaults(fn=cmd_info)
 
     r = sub.add_parser("report", help="tables and figures from a results tree")
