@@ -201,12 +201,15 @@ def tiny_resnet_backbone(
     *,
     stem_width: int,
     output_stride: int = 8,
+    zero_init_residual: bool = True,
 ) -> ResNetBackbone:
     """A narrow/shallow ResNet built from torchvision's own blocks, dilated like the paper models.
 
     Same stem (7x7 stride-2 conv + max-pool), block classes, shortcut layout, dilation rule and
     initialisation as the torchvision ResNets; only ``layers`` (blocks per stage) and ``widths``
-    (``planes`` per stage; Bottleneck outputs ``4 * planes``) differ. Has no pretrained weights.
+    (``planes`` per stage; Bottleneck outputs ``4 * planes``) differ. Has no pretrained weights, so
+    by default each block's last BN starts at zero (torchvision's ``zero_init_residual``): every
+    block starts as the identity, which lets the deep from-scratch variants train quickly.
     """
     stage_dilations(output_stride)
     if len(layers) != 4 or len(widths) != 4:
@@ -235,6 +238,11 @@ def tiny_resnet_backbone(
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+    if zero_init_residual:
+        for stage in stages:
+            for blk in stage:
+                bn_last = blk.bn3 if isinstance(blk, Bottleneck) else blk.bn2
+                nn.init.zeros_(bn_last.weight)
     return trunk
 
 
