@@ -1,0 +1,52 @@
+"""Paper Tables II/III: baseline, KD, CWD and HWD (and every method registered later) for each
+student architecture (DeepLab-R18, DeepLab-MBV2, PSPNet-R18) on each dataset, several seeds.
+Each method is tested against the CE-only baseline of the same student and dataset.
+
+    python experiments/compare_methods.py --preset smoke|demo|paper [--datasets a,b] [--methods m1,m2]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+
+from segdistill.config import known_methods  # noqa: E402
+from segdistill.study import StudySpec  # noqa: E402
+from segdistill.study.cli_args import parser, preset_from_args, report, run, study_name  # noqa: E402
+from segdistill.study.presets import PAPER_MU, pick  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--methods", default=",".join(known_methods()), help="comma-separated; 'none' is the baseline")
+    p.add_argument("--datasets", default=None, help="comma-separated (paper preset: ade20k,cityscapes,cocostuff "
+                   "under --data-root/<name>)")
+    args = p.parse_args(argv)
+    preset = preset_from_args(args)
+    methods = [m for m in args.methods.split(",") if m]
+    methods = list(pick(preset, tuple(methods), ("none", "hwd")))
+    datasets = args.datasets.split(",") if args.datasets else [preset.base.data.name]
+    students = pick(preset, preset.students, preset.students[:1])
+    variants = []
+    for ds in datasets:
+        data = {"data.name": ds} if ds == preset.base.data.name else {
+            "data.name": ds, "data.root": str(Path(args.data_root) / ds)}
+        for arch in students:
+            for m in methods:
+                v = {**data, "model.arch": arch, "distill.method": m, "tag.setting": f"{arch}/{m}"}
+                if m == "hwd":
+                    v["distill.mu"] = PAPER_MU.get(ds, 0.0)
+                variants.append(v)
+    spec = StudySpec(name=study_name(__file__, preset), base=preset.base, variants=variants, seeds=preset.seeds,
+                     teacher=preset.teacher, shape=preset.shape, resources=preset.resources,
+                     tags={"preset": preset.name, "group": "comparison"})
+    df = run(spec, args)
+    report(df, args, spec, by=["data.name", "model.arch", "distill.method"], reference={"distill.method": "none"},
+           title="methods vs the CE-only baseline (paper Tables II/III)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

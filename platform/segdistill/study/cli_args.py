@@ -1,0 +1,97 @@
+"""Command-line plumbing shared by ``experiments/*.py``: flags, running, the closing summary.
+
+Every script takes ``--preset {smoke,demo,paper} --results DIR --data-root DIR --address HOST:PORT
+--resume --seeds N`` (plus ``--overwrite``, ``--zoo``, ``--shape``, ``--workers``, ``--gpus``,
+``--cpus``, ``--iterations``, ``--dataset``, ``--quiet``) and ends by printing a summary table,
+where the results went and the analysis command that turns them into figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from .presets import PRESETS, Preset, get_preset
+from .spec import StudySpec
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=PRESETS, default="demo", help="smoke: CI plumbing check; demo: synthetic "
+                   "benchmark in minutes; paper: the paper's recipe on a real dataset and GPUs")
+    p.add_argument("--results", default="results", help="results root (Parquet tables, Ray state, runs)")
+    p.add_argument("--data-root", default="", help="dataset directory (paper preset, real datasets)")
+    p.add_argument("--dataset", default=None, help="dataset name (paper default: ade20k; else synthetic)")
+    p.add_argument("--address", default=None, help="join this Ray cluster (e.g. 10.0.0.1:6379) instead of "
+                   "starting local Ray; results/zoo/data paths must then be on shared storage")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument("--overwrite", action="store_true", help="delete this study's previous results first")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
+    p.add_argument("--zoo", default=None, help="teacher zoo directory (default: <results>/_zoo)")
+    p.add_argument("--shape", choices=("inline", "train"), default=None,
+                   help="trial shape (default: the preset's; 'train' = Ray Train workers per trial)")
+    p.add_argument("--workers", type=int, default=None, help="Ray Train workers per trial (implies --shape train if > 1)")
+    p.add_argument("--gpus", type=float, default=None, help="GPUs per trial (inline) or per worker (train)")
+    p.add_argument("--cpus", type=float, default=None, help="CPUs per trial (inline) or per worker (train)")
+    p.add_argument("--iterations", type=int, default=None, help="override the students' iterations")
+    p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
+    return p
+
+
+def preset_from_args(args: argparse.Namespace) -> Preset:
+    return get_preset(args.preset, data_root=args.data_root, dataset=args.dataset, seeds=args.seeds,
+                      shape=args.shape, workers=args.workers, gpus=args.gpus, cpus=args.cpus,
+                      iterations=args.iterations)
+
+
+def study_name(script: str, preset: Preset) -> str:
+    """``ablation_beta-demo``: one results directory per script and preset."""
+    return f"{Path(script).stem}-{preset.name}"
+
+
+def run(spec: StudySpec, args: argparse.Namespace) -> pd.DataFrame:
+    """run_study with the script's flags; returns the study's trials table."""
+    from .runner import StudyExistsError, run_study
+
+    t0 = time.time()
+    try:
+        df = run_study(spec, results_root=args.results, address=args.address, resume=args.resume,
+                       overwrite=args.overwrite, zoo=args.zoo, verbose=0 if args.quiet else 1)
+    except StudyExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    df.attrs["wall_time_s"] = time.time() - t0
+    return df
+
+
+def report(df: pd.DataFrame, args: argparse.Namespace, spec: StudySpec, *, by: Sequence[str],
+           reference: Mapping[str, Any] | None = None, metric: str = "best_miou", title: str = "") -> None:
+    """Print the summary table (mean +/- std over seeds, Welch test against ``reference``),
+    the trial status counts, where the results are and how to make the figures."""
+    from ..summary import format_table, summarize
+
+    students = df[df.get("role", pd.Series("student", index=df.index)) != "teacher"] if not df.empty else df
+    by = [c for c in by if c in students.columns]
+    print()
+    print(f"== {title or spec.name}: {metric} (mean +/- std over seeds; 'verdict' tests against seed noise) ==")
+    if students.empty:
+        print("(no student trials finished)")
+    else:
+        ref = reference if reference and all(k in students.columns for k in reference) else None
+        print(format_table(summarize(students, by=by, metric=metric, reference=ref)))
+        counts = students["status"].value_counts().to_dict() if "status" in students else {}
+        print(f"trials: {len(students)} ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})")
+    teachers = df[df["role"] == "teacher"] if "role" in df else df.iloc[0:0]
+    for _, t in teachers.iterrows():
+        print(f"teacher {t.get('model.arch')}: best mIoU {t.get('best_miou', float('nan')):.4f}")
+    root = Path(args.results).resolve()
+    wall = df.attrs.get("wall_time_s")
+    if wall is not None:
+        print(f"wall time: {wall:.1f} s")
+    print(f"results: {root / spec.name} (Parquet tables: trials, per_class, curves)")
+    print(f"figures: python -m analysis --results {args.results} --out reports")

@@ -1,0 +1,132 @@
+"""The three presets every experiment script offers: ``smoke``, ``demo`` and ``paper``.
+
+- ``smoke``: plumbing check for CI, about a minute on 2 CPU cores: 64x64 synthetic images, 8
+  classes, tiny models (the teacher is a tiny R18 as well, trained 20 iterations in seconds), 10
+  student iterations, one seed, inline trials.
+- ``demo`` (default): the synthetic benchmark at a size a laptop CPU (or any GPU) finishes in
+  minutes: 64x64 crops, 24 classes, tiny students distilled from a tiny R101 teacher, several seeds
+  so every setting is reported as mean +/- std and differences are tested against seed noise.
+  Inline trials, one CPU each (a quarter GPU each when a GPU is present).
+- ``paper``: the paper's recipe (supplement Sec. III): a real dataset under ``--data-root``,
+  512x512 crops, batch 8, SGD lr 0.01, 40k iterations, paper models (DeepLabV3-R101 teacher ->
+  DeepLabV3-R18 student), bf16 on GPUs; Train-backed trials with one GPU worker each
+  (``--workers N`` for DDP over N GPUs per trial).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import TrainConfig
+from .spec import Resources, TeacherRecipe
+
+PRESETS = ("smoke", "demo", "paper")
+PAPER_DATASETS = ("ade20k", "cityscapes", "cocostuff")
+# NOTES.md: mu per dataset for DeepLab-R18 (0 on ADE20K, 1 on Cityscapes, 0.1 on COCO-Stuff)
+PAPER_MU = {"ade20k": 0.0, "cityscapes": 1.0, "cocostuff": 0.1, "synthetic": 0.0}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    base: TrainConfig  # student defaults: method 'none'; scripts set the method per variant
+    teacher: TeacherRecipe
+    seeds: tuple[int, ...]
+    shape: str
+    resources: Resources
+    students: tuple[str, ...]  # student architectures for compare_methods
+    subset: bool  # smoke: scripts run a tiny subset of their grids
+
+    def replace(self, **changes: Any) -> "Preset":
+        return dataclasses.replace(self, **changes)
+
+
+def _gpu_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def get_preset(name: str, *, data_root: str = "", dataset: str | None = None, seeds: int | None = None,
+               shape: str | None = None, workers: int | None = None, gpus: float | None = None,
+               cpus: float | None = None, iterations: int | None = None) -> Preset:
+    """The named preset, with command-line overrides applied (None = keep the preset's value)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets are {PRESETS}")
+    if name == "smoke":
+        p = _smoke()
+    elif name == "demo":
+        p = _demo()
+    else:
+        p = _paper(dataset or "ade20k", data_root)
+    if name != "paper" and dataset and dataset != "synthetic":
+        p = p.replace(base=p.base.replace(**{"data.name": dataset, "data.root": data_root}))
+    elif data_root and name != "paper":
+        p = p.replace(base=p.base.replace(**{"data.root": data_root}))
+    if seeds is not None:
+        p = p.replace(seeds=tuple(range(seeds)))
+    if iterations is not None:
+        p = p.replace(base=p.base.replace(**{"optim.iterations": iterations,
+                                             "run.eval_every": max(1, iterations // 4)}))
+    r = p.resources
+    r = Resources(cpus=r.cpus if cpus is None else cpus, gpus=r.gpus if gpus is None else gpus,
+                  num_workers=r.num_workers if workers is None else workers)
+    shape = shape or ("train" if workers and workers > 1 else p.shape)
+    return p.replace(resources=r, shape=shape)
+
+
+def _smoke() -> Preset:
+    base = TrainConfig().replace(**{
+        "data.image_size": 64, "data.crop_size": 64, "data.num_classes": 8,
+        "data.train_images": 16, "data.val_images": 4,
+        "model.arch": "deeplabv3_tiny_r18",
+        "optim.iterations": 10, "optim.batch_size": 2,
+        "run.eval_every": 5, "run.log_every": 5, "run.device": "cpu", "run.threads": 1,
+        "run.amp": False, "run.channels_last": False, "run.progress": False,
+    })
+    teacher = TeacherRecipe("deeplabv3_tiny_r18", {"optim.iterations": 20, "run.eval_every": 10})
+    return Preset("smoke", base, teacher, (0,), "inline", Resources(cpus=1), ("deeplabv3_tiny_r18",), True)
+
+
+def _demo() -> Preset:
+    gpu = _gpu_available()
+    base = TrainConfig().replace(**{
+        "data.image_size": 64, "data.crop_size": 64, "data.num_classes": 24,
+        "data.train_images": 384, "data.val_images": 48,
+        "model.arch": "deeplabv3_tiny_r18",
+        "optim.iterations": 200, "optim.batch_size": 8,
+        "run.eval_every": 50, "run.log_every": 10, "run.threads": 0 if gpu else 1, "run.progress": False,
+    })
+    teacher = TeacherRecipe("deeplabv3_tiny_r101", {"optim.iterations": 400, "run.eval_every": 100})
+    res = Resources(cpus=1, gpus=0.25 if gpu else 0.0)
+    return Preset("demo", base, teacher, (0, 1, 2), "inline", res,
+                  ("deeplabv3_tiny_r18", "deeplabv3_tiny_mbv2", "pspnet_tiny_r18"), False)
+
+
+def _paper(dataset: str, data_root: str) -> Preset:
+    if dataset not in PAPER_DATASETS:
+        raise ValueError(f"the paper preset runs on {PAPER_DATASETS}, got {dataset!r}")
+    if not data_root:
+        raise ValueError("the paper preset needs --data-root (the directory holding the dataset)")
+    base = TrainConfig().replace(**{
+        "data.name": dataset, "data.root": data_root, "data.image_size": 512, "data.crop_size": 512,
+        "data.num_workers": 8,
+        "model.arch": "deeplabv3_r18",
+        "distill.mu": PAPER_MU[dataset], "distill.beta": 0.1, "distill.alpha": 3.0, "distill.tau": 4.0,
+        "optim.iterations": 40_000, "optim.batch_size": 8, "optim.lr": 0.01,
+        "run.eval_every": 4_000, "run.log_every": 50, "run.device": "auto", "run.amp": True,
+        "run.channels_last": True, "run.progress": False,
+    })
+    teacher = TeacherRecipe("deeplabv3_r101", {"optim.iterations": 80_000, "run.eval_every": 8_000})
+    return Preset("paper", base, teacher, (0,), "train", Resources(cpus=8, gpus=1, num_workers=1),
+                  ("deeplabv3_r18", "deeplabv3_mbv2", "pspnet_r18"), False)
+
+
+def pick(preset: Preset, values: tuple, smoke: tuple) -> tuple:
+    """``values`` (the full grid), or ``smoke`` (a tiny subset) under the smoke preset."""
+    return smoke if preset.subset else values

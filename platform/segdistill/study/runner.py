@@ -1,0 +1,286 @@
+"""``run_study``: a :class:`StudySpec` -> teachers from the zoo -> Ray Tune trials -> Parquet.
+
+Where things go (all absolute paths; on a cluster ``results_root`` and the zoo must be on
+storage every node sees, e.g. NFS, because trials write there directly)::
+
+    <results>/<study>/{trials,per_class,curves,...}/<trial>.parquet   the records (segdistill.results)
+    <results>/<study>/runs/<trial>/                                   each trial's fit out_dir
+    <results>/<study>/ray/tune/                                       Tune experiment (resume state)
+    <results>/<study>/ray/train_<trial>/                              Ray Train runs (train shape)
+    <results>/<study>/optuna.journal                                  Optuna storage (search="optuna")
+    <zoo>/...                                                         teachers (segdistill.study.zoo)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+from ray import tune
+
+from ..results import read_trials
+from .callbacks import StudyCallback, reconcile
+from .runtime import RayInfo, max_concurrent_trials, ray_session
+from .spec import PENDING_TEACHER, StudySpec
+from .trial import TrialContext, inline_trainable, train_trainable
+from .zoo import RECORD_STUDY, TeacherZoo, ZooEntry
+
+log = logging.getLogger(__name__)
+TUNE_NAME = "tune"
+OPTUNA_FILE = "optuna.journal"
+
+
+class StudyExistsError(RuntimeError):
+    """The study already has results and neither resume nor overwrite was asked for."""
+
+
+class DashboardMissingError(RuntimeError):
+    """Train-backed trials may be stopped but Ray's state API (dashboard) is unavailable."""
+
+
+def study_paths(results_root: str | Path, name: str) -> dict[str, Path]:
+    root = Path(results_root).expanduser().resolve()
+    d = root / name
+    return {"root": root, "study": d, "runs": d / "runs", "storage": d / "ray", "tune": d / "ray" / TUNE_NAME,
+            "optuna": d / OPTUNA_FILE}
+
+
+def choose_shape(spec: StudySpec, info: RayInfo) -> tuple[str, bool]:
+    """(trial shape to use, whether the driver releases stopped trials' placement groups)."""
+    if spec.shape != "train":
+        return "inline", False
+    if spec.scheduler == "none" or info.state_api:
+        return "train", True  # releasing from the driver as well only makes it faster
+    msg = ("Ray's state API (served by the dashboard, ray[default]) is unavailable, and ASHA may stop "
+           "Train-backed trials: Ray Train 2.58 frees a stopped run's worker placement group only through "
+           "that API, so later trials would wait for workers forever.")
+    if spec.on_missing_dashboard == "error":
+        raise DashboardMissingError(msg + " Start Ray with the dashboard (ray start --head --include-dashboard=true) "
+                                    "or use shape='inline'.")
+    if spec.on_missing_dashboard == "inline":
+        warnings.warn(msg + " Falling back to inline trials.", RuntimeWarning, stacklevel=3)
+        return "inline", False
+    warnings.warn(msg + " The driver releases stopped trials' placement groups itself.", RuntimeWarning, stacklevel=3)
+    return "train", True
+
+
+def run_study(spec: StudySpec, *, results_root: str | Path = "results", address: str | None = None,
+              resume: bool = False, overwrite: bool = False, zoo: str | Path | None = None,
+              verbose: int = 1, dashboard: bool = True, num_cpus: int | None = None) -> pd.DataFrame:
+    """Run (or, with ``resume``, continue) ``spec``; returns the study's ``trials`` table.
+
+    ``address``: join that Ray cluster instead of starting local Ray. ``zoo``: teacher zoo
+    directory (default ``<results>/_zoo``). ``overwrite`` deletes the study's previous results.
+    """
+    paths = study_paths(results_root, spec.name)
+    zoo_ = TeacherZoo(zoo if zoo is not None else paths["root"] / "_zoo")
+    has_results = (paths["study"] / "trials").is_dir() and any((paths["study"] / "trials").glob("*.parquet"))
+    if overwrite and paths["study"].exists():
+        shutil.rmtree(paths["study"])
+    elif has_results and not resume:
+        raise StudyExistsError(f"study {spec.name!r} already has results in {paths['study']}; pass resume=True "
+                               "(--resume) to continue it or overwrite=True (--overwrite) to start again")
+    elif not resume:  # leftovers of a run that recorded nothing: start clean
+        for stale in (paths["optuna"], paths["runs"], paths["storage"]):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+    paths["study"].mkdir(parents=True, exist_ok=True)
+    with ray_session(address, dashboard=dashboard, num_cpus=num_cpus) as info:
+        shape, release = choose_shape(spec, info)
+        variants, entries = ensure_teachers(spec, zoo_, info, shape, verbose=verbose)
+        for entry in entries:
+            zoo_.copy_record(entry, paths["root"], spec.name)
+        ctx = TrialContext(study=spec.name, results_root=str(paths["root"]), runs_root=str(paths["runs"]),
+                           storage_path=str(paths["storage"]), base_flat=spec.base.to_flat(), variants=tuple(variants),
+                           tags=dict(spec.tags), shape=shape, resources=spec.resources, max_failures=spec.max_failures)
+        if spec.search == "optuna":
+            param_space: dict[str, Any] = {"variant": 0, "seed": int(spec.seeds[0])}
+        else:
+            param_space = {"variant": tune.grid_search(list(range(len(variants)))),
+                           "seed": tune.grid_search([int(s) for s in spec.seeds])}
+        grid = _tune(ctx, spec, info, param_space, name=TUNE_NAME, resume=resume, release=release,
+                     optuna_path=paths["optuna"], verbose=verbose)
+        reconcile(ctx, grid)
+    return read_trials(paths["root"], spec.name)
+
+
+def _trainable(ctx: TrialContext) -> Any:
+    fn = tune.with_parameters(train_trainable if ctx.shape == "train" else inline_trainable, ctx=ctx)
+    r = ctx.resources
+    if ctx.shape == "train":
+        # The trial is only a driver for its Train workers: no CPU (a token of memory, since Tune
+        # rejects an empty resource request), so its workers can use every core.
+        return tune.with_resources(fn, {"CPU": 0, "memory": 1 << 20})
+    return tune.with_resources(fn, {"CPU": r.cpus, "GPU": r.gpus})
+
+
+def _tune(ctx: TrialContext, spec: StudySpec, info: RayInfo, param_space: Mapping[str, Any], *, name: str,
+          resume: bool, release: bool, optuna_path: Path | None, verbose: int, scheduler: str | None = None,
+          search: str | None = None, num_samples: int | None = None) -> Any:
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = spec.scheduler if scheduler is None else scheduler
+    search = spec.search if search is None else search
+    storage = Path(ctx.storage_path)
+    exp_dir = storage / name
+    trainable = _trainable(ctx)
+    if resume and tune.Tuner.can_restore(str(exp_dir)):
+        log.info("resuming %s from %s", spec.name, exp_dir)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True, param_space=dict(param_space))
+        return tuner.fit()
+    if exp_dir.exists():  # a stale experiment (not resumable or not asked to resume)
+        shutil.rmtree(exp_dir)
+    search_alg = None
+    if search == "optuna":
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+        assert optuna_path is not None
+        optuna_path.parent.mkdir(parents=True, exist_ok=True)
+        search_alg = ResumableOptunaSearch(
+            space=spec.space, metric=spec.metric, mode=spec.mode,
+            sampler=optuna.samplers.TPESampler(seed=spec.search_seed, multivariate=True, group=True),
+            storage=JournalStorage(JournalFileBackend(str(optuna_path))), study_name=spec.name)
+    sched = None
+    if scheduler == "asha":
+        iters = [ctx_iters(ctx, v) for v in ctx.variants]
+        evals = [e for e in (ctx_eval(ctx, v) for v in ctx.variants) if e]
+        sched = ASHAScheduler(time_attr="iteration", max_t=max(iters),
+                              grace_period=spec.asha_grace or (min(evals) if evals else 1),
+                              reduction_factor=spec.asha_reduction)
+    per_trial = spec.resources.per_trial(ctx.shape)
+    concurrent = spec.max_concurrent or max_concurrent_trials(info.resources, per_trial)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=dict(param_space),
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search_alg, scheduler=sched,
+                                    num_samples=spec.num_samples if num_samples is None else num_samples,
+                                    max_concurrent_trials=concurrent, reuse_actors=False),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=verbose,
+                                  callbacks=[StudyCallback(ctx, release_pgs=release)],
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
+    )
+    return tuner.fit()
+
+
+def _optuna_search_cls() -> type:
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch
+
+
+class ResumableOptunaSearch(_optuna_search_cls()):  # type: ignore[misc]
+    """OptunaSearch that tolerates results for trials the persistent Optuna study already closed.
+
+    After a driver crash, Tune's last experiment snapshot can predate a trial's completion, which
+    the journal storage already holds; Tune then restarts that trial and any result it reports
+    must not crash the study (``UpdateFinishedTrialError``).
+    """
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore, then close as FAIL the Optuna trials suggested after Tune's last snapshot (their
+        Tune trials are unknown to the restored experiment and will never report)."""
+        import optuna
+
+        super().restore(checkpoint_path)
+        known = {t.number for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.number not in known:
+                try:
+                    self._ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                except Exception as exc:  # noqa: BLE001
+                    log.debug("could not close orphan Optuna trial %s: %s", t.number, exc)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except (optuna.exceptions.UpdateFinishedTrialError, KeyError) as exc:
+            log.debug("ignoring a result for closed Optuna trial %s: %s", trial_id, exc)
+
+
+def ctx_iters(ctx: TrialContext, variant: Mapping[str, Any]) -> int:
+    return int(variant.get("optim.iterations", ctx.base_flat["optim.iterations"]))
+
+
+def ctx_eval(ctx: TrialContext, variant: Mapping[str, Any]) -> int:
+    return int(variant.get("run.eval_every", ctx.base_flat["run.eval_every"]))
+
+
+def ensure_teachers(spec: StudySpec, zoo: TeacherZoo, info: RayInfo, shape: str, *, verbose: int = 1
+                    ) -> tuple[list[dict[str, Any]], list[ZooEntry]]:
+    """Fill every distilling variant's teacher from the zoo, training missing teachers first (once).
+
+    Returns the variants with ``distill.teacher_checkpoint`` set and the zoo entries used.
+    """
+    variants: list[dict[str, Any]] = []
+    entries: dict[str, ZooEntry] = {}
+    for v in spec.expand_variants():
+        v = dict(v)
+        cfg = spec.config_for(v, spec.seeds[0])
+        if spec.needs_teacher(cfg) and cfg.distill.teacher_checkpoint in ("", PENDING_TEACHER):
+            assert spec.teacher is not None
+            entry = zoo.entry(spec.teacher.config_for(cfg))
+            entries.setdefault(entry.record_id, entry)
+            v["distill.teacher_arch"] = entry.cfg.model.arch
+            v["distill.teacher_checkpoint"] = str(entry.model_path)
+        variants.append(v)
+    missing = [e for e in entries.values() if not e.exists()]
+    if missing:
+        with zoo.lock():
+            missing = [e for e in missing if not e.exists()]
+            if missing:
+                train_teachers(missing, zoo, spec, info, shape, verbose=verbose)
+        still = [str(e.model_path) for e in missing if not e.exists()]
+        if still:
+            raise RuntimeError(f"teacher training did not produce {still}; see the records in {zoo.records_root}")
+    return variants, list(entries.values())
+
+
+def train_teachers(entries: Sequence[ZooEntry], zoo: TeacherZoo, spec: StudySpec, info: RayInfo, shape: str,
+                   *, verbose: int = 1) -> None:
+    """Train zoo teachers as Tune trials (one per entry, in parallel where resources allow)."""
+    variants = []
+    for e in entries:
+        e.write_config()
+        flat = e.training_config().to_flat()
+        flat.update({"tag.record_id": e.record_id, "tag.role": "teacher"})
+        variants.append(flat)
+    ctx = TrialContext(study=RECORD_STUDY, results_root=str(zoo.records_root), runs_root=str(zoo.root / "_runs"),
+                       storage_path=str(zoo.root / "_ray"), base_flat=spec.base.to_flat(), variants=tuple(variants),
+                       tags={**dict(spec.tags), "role": "teacher"}, shape=shape, resources=spec.resources,
+                       max_failures=spec.max_failures)
+    name = "teachers_" + "_".join(sorted(e.key[2] for e in entries))[:80]
+    teacher_spec = spec.replace(scheduler="none", search="grid")
+    _tune(ctx, teacher_spec, info, {"variant": tune.grid_search(list(range(len(variants))))}, name=name, resume=True,
+          release=shape == "train", optuna_path=None, verbose=verbose, scheduler="none", search="grid", num_samples=1)
+
+
+def teachers_only(spec: StudySpec, *, results_root: str | Path = "results", address: str | None = None,
+                  zoo: str | Path | None = None, verbose: int = 1, dashboard: bool = True) -> pd.DataFrame:
+    """Ensure every teacher ``spec`` needs is in the zoo (training missing ones); record them in
+    the study ``spec.name`` (role = teacher) and return its trials table. No student runs."""
+    import time
+
+    t0 = time.time()
+    paths = study_paths(results_root, spec.name)
+    zoo_ = TeacherZoo(zoo if zoo is not None else paths["root"] / "_zoo")
+    with ray_session(address, dashboard=dashboard) as info:
+        shape, _ = choose_shape(spec, info)
+        _, entries = ensure_teachers(spec, zoo_, info, shape, verbose=verbose)
+    for entry in entries:
+        zoo_.copy_record(entry, paths["root"], spec.name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = read_trials(paths["root"], spec.name)
+    df.attrs["wall_time_s"] = time.time() - t0
+    return df

@@ -1,0 +1,261 @@
+"""The two trial shapes and everything a trial does around ``segdistill.train.fit``.
+
+``inline``: the Tune trial process runs ``fit`` itself and reports with ``ray.tune.report``
+(checkpoint = the trainer's ``out_dir/checkpoint``; restored with ``ray.tune.get_checkpoint``).
+Fractional GPUs (``tune.with_resources``) work in this shape; it is also the shape PBT would need
+(not offered: ``fit`` refuses checkpoints written with other hyperparameters, which PBT's exploit
+step hands over).
+
+``train``: the Tune trial is a light driver that launches a ``ray.train.torch.TorchTrainer``
+(Train V2: ``Tuner(TorchTrainer)`` is not supported, ``ray/train/v2/api/data_parallel_trainer.py``)
+with ``num_workers`` DDP workers; the workers call ``ray.train.report(metrics, checkpoint=...)`` and
+``ray.tune.integration.ray_train.TuneReportCallback`` forwards rank 0's metrics to Tune, adding the
+persisted checkpoint's path as ``checkpoint_path``. The Train run is named ``train_<trial id>``
+under the study's storage path, so a restarted trial re-opens the same run and Train V2 restores
+its checkpoint-manager snapshot (``ray.train.get_checkpoint()`` returns the latest checkpoint).
+
+Both shapes write the trial's Parquet record from the trial itself when ``fit`` returns (this
+survives the death of the Tune driver); trials Tune stops or that fail are recorded by the driver
+(:mod:`segdistill.study.callbacks`) from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..config import TrainConfig
+from ..results import part_path, record_from_fit, write_trial
+from .spec import TAG_PREFIX, Resources
+
+STATE_FILE = "state.pt"
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a study needs besides its Tune config (passed with tune.with_parameters)."""
+
+    study: str
+    results_root: str
+    runs_root: str
+    storage_path: str
+    base_flat: Mapping[str, Any]
+    variants: tuple[Mapping[str, Any], ...]
+    tags: Mapping[str, Any] = field(default_factory=dict)
+    shape: str = "inline"
+    resources: Resources = field(default_factory=Resources)
+    max_failures: int = 0
+
+
+def trial_config(ctx: TrialContext, config: Mapping[str, Any], trial_id: str) -> tuple[TrainConfig, dict[str, Any], str]:
+    """(TrainConfig, result tags, record id) of one trial from its Tune config.
+
+    Tune's config holds ``variant`` (an index into ``ctx.variants``), ``seed`` and, with Optuna,
+    searched flat keys such as ``distill.mu``.
+    """
+    variant = dict(ctx.variants[int(config.get("variant", 0))])
+    tags = dict(ctx.tags)
+    tags.update({k[len(TAG_PREFIX):]: v for k, v in variant.items() if k.startswith(TAG_PREFIX)})
+    flat = {k: v for k, v in variant.items() if not k.startswith(TAG_PREFIX)}
+    flat.update({k: v for k, v in config.items() if "." in k})
+    flat["run.seed"] = int(config.get("seed", flat.get("run.seed", 0)))
+    flat.setdefault("run.out_dir", str(Path(ctx.runs_root) / trial_id))
+    flat["run.progress"] = False
+    cfg = TrainConfig.from_flat(dict(ctx.base_flat)).replace(**flat)
+    record_id = str(tags.pop("record_id", trial_id))
+    tags.setdefault("trial_shape", ctx.shape)
+    tags.setdefault("tune_trial_id", trial_id)
+    return cfg, tags, record_id
+
+
+def report_metrics(iteration: int, metrics: Mapping[str, float], total: int) -> dict[str, Any]:
+    """The flat, Tune-friendly metrics every report carries (no '/' in names)."""
+    out = {"iteration": int(iteration), "total_iterations": int(total)}
+    for key, value in metrics.items():
+        if key == "iteration":
+            continue
+        out[key.replace("/", "_")] = float(value)
+    out["best_miou"] = float(metrics.get("val/best_miou", math.nan))
+    return out
+
+
+def finished_record(ctx: TrialContext, record_id: str) -> dict[str, Any] | None:
+    """The trials row of a trial that already finished (its record exists), else None."""
+    path = part_path(ctx.results_root, ctx.study, "trials", record_id)
+    if not path.is_file():
+        return None
+    import pandas as pd
+
+    try:
+        row = pd.read_parquet(path).iloc[0].to_dict()
+    except Exception:  # noqa: BLE001 - unreadable means "not finished"
+        return None
+    return row if row.get("status") == "completed" else None
+
+
+def restore_checkpoint(src_dir: str | None, out_dir: str) -> bool:
+    """Copy a Ray checkpoint's ``state.pt`` into ``out_dir/checkpoint/`` unless one is there.
+
+    A local state file is never older than the last reported checkpoint (Ray copies it at report
+    time), so it wins; the copy matters when the trial resumes on another node.
+    """
+    if not src_dir:
+        return False
+    src = Path(src_dir) / STATE_FILE
+    dst = Path(out_dir) / CHECKPOINT_DIR / STATE_FILE
+    if dst.is_file() or not src.is_file():
+        return False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(".restore.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return True
+
+
+def checkpoint_iteration(out_dir: str) -> int:
+    """The iteration of ``out_dir``'s resumable checkpoint (0 if none): where a restarted trial resumes."""
+    path = Path(out_dir) / CHECKPOINT_DIR / STATE_FILE
+    if not path.is_file():
+        return 0
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False).get("iteration", 0))
+    except Exception:  # noqa: BLE001 - a torn file: fit will report it
+        return 0
+
+
+def write_result(ctx: TrialContext, result: Any, record_id: str, tags: Mapping[str, Any]) -> None:
+    write_trial(ctx.results_root, record_from_fit(result, study=ctx.study, trial_id=record_id, tags=dict(tags)))
+
+
+# -- inline shape --------------------------------------------------------------------------
+class _TuneReporter:
+    """fit callback: ``ray.tune.report`` at each evaluation, with the checkpoint when one was written."""
+
+    def __init__(self, total: int, extra: Mapping[str, Any]) -> None:
+        self.total = total
+        self.extra = dict(extra)
+
+    def on_eval(self, event: Any) -> None:
+        from ray import tune
+
+        metrics = {**report_metrics(event.iteration, event.metrics, self.total), **self.extra}
+        ckpt = tune.Checkpoint.from_directory(event.checkpoint_dir) if event.checkpoint_dir else None
+        tune.report(metrics, checkpoint=ckpt)
+
+
+def inline_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune function trainable: ``fit`` in this process."""
+    import ray
+    from ray import tune
+
+    from ..train import fit
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg, tags, record_id = trial_config(ctx, config, trial_id)
+    node = ray.get_runtime_context().get_node_id()
+    tags["node_id"] = node
+    if finished_record(ctx, record_id) is not None:
+        # Finished (and recorded) before the driver's last experiment snapshot: do not train again.
+        # Nothing is reported: the searcher (Optuna) already has this trial's final value.
+        return
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            restore_checkpoint(d, cfg.run.out_dir)
+    tags["resumed_from_iteration"] = checkpoint_iteration(cfg.run.out_dir)
+    result = fit(cfg, [_TuneReporter(cfg.optim.iterations, {"node_id": node})], resume=True)
+    write_result(ctx, result, record_id, tags)
+
+
+# -- train shape -----------------------------------------------------------------------------
+class _TrainReporter:
+    """fit callback on every Ray Train worker: ``ray.train.report`` at each evaluation (all ranks
+    report, as Train V2 requires; only rank 0 attaches the checkpoint)."""
+
+    def __init__(self, total: int, extra: Mapping[str, Any]) -> None:
+        self.total = total
+        self.extra = dict(extra)
+
+    def on_eval(self, event: Any) -> None:
+        import ray.train
+
+        metrics = {**report_metrics(event.iteration, event.metrics, self.total), **self.extra}
+        ckpt = ray.train.Checkpoint.from_directory(event.checkpoint_dir) if event.checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Runs on each Ray Train worker (torch.distributed already initialised by TorchTrainer)."""
+    import ray
+    import ray.train
+    import torch.distributed as dist
+
+    from ..train import fit
+    from .runtime import current_placement_group_hex
+
+    ctx: TrialContext = loop_config["ctx"]
+    trial_id: str = loop_config["trial_id"]
+    cfg, tags, record_id = trial_config(ctx, loop_config["config"], trial_id)
+    tctx = ray.train.get_context()
+    rank, local_rank = tctx.get_world_rank(), tctx.get_local_rank()
+    if ctx.resources.gpus > 0:
+        import ray.train.torch
+
+        cfg = cfg.replace(**{"run.device": str(ray.train.torch.get_device())})
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None and local_rank == 0:
+        with ckpt.as_directory() as d:
+            restore_checkpoint(d, cfg.run.out_dir)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    tags["resumed_from_iteration"] = checkpoint_iteration(cfg.run.out_dir)
+    node = ray.get_runtime_context().get_node_id()
+    extra = {"pg_id": current_placement_group_hex(), "node_id": node, "world_size": tctx.get_world_size()}
+    result = fit(cfg, [_TrainReporter(cfg.optim.iterations, extra)], resume=True)
+    if rank == 0:
+        tags.update({"node_id": node, "world_size": tctx.get_world_size()})
+        write_result(ctx, result, record_id, tags)
+
+
+def train_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune function trainable that launches a Ray Train run for this trial and waits for it."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg, _, record_id = trial_config(ctx, config, trial_id)
+    if finished_record(ctx, record_id) is not None:  # see inline_trainable
+        return
+    r = ctx.resources
+    per_worker = {"CPU": r.cpus, **({"GPU": r.gpus} if r.gpus else {})}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"ctx": ctx, "trial_id": trial_id, "config": dict(config)},
+        scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.gpus > 0,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=f"train_{trial_id}", storage_path=ctx.storage_path,
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=ctx.max_failures)),
+    )
+    trainer.fit()
+    # TuneReportCallback hands results over through a one-slot queue that Tune drains while the
+    # trial runs; the last one can be lost when the Train run ends right after it (observed on
+    # Ray 2.58: the final evaluation missing from Tune's results of finished trials). Report the
+    # recorded final metrics once more so the scheduler and Optuna see the true final value.
+    done = finished_record(ctx, record_id)
+    if done is not None:
+        tune.report({"iteration": int(done.get("iterations_done", 0)), "total_iterations": cfg.optim.iterations,
+                     "val_miou": float(done.get("final_miou", math.nan)),
+                     "val_pixel_acc": float(done.get("pixel_acc", math.nan)),
+                     "best_miou": float(done.get("best_miou", math.nan))})
