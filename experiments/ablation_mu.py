@@ -13,8 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from segdistill.study import StudySpec  # noqa: E402
-from segdistill.study.cli_args import parser, preset_from_args, report, run, study_name  # noqa: E402
+from segdistill.study.cli_args import CWD_REF_KEY, ablation_spec, parser, preset_from_args, report, run  # noqa: E402
 from segdistill.study.presets import pick  # noqa: E402
 
 MUS = (-2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -25,12 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     preset = preset_from_args(args)
     hwd = {"distill.method": "hwd", "distill.beta": 0.1, "distill.weighting": "smooth", "tag.group": "mu"}
     variants = [{**hwd, "distill.mu": m, "tag.setting": f"mu={m:g}"} for m in pick(preset, MUS, (-1.0, 1.0))]
-    variants.append({"distill.method": "cwd", "tag.group": "cwd_ref", "tag.setting": "cwd"})
-    spec = StudySpec(name=study_name(__file__, preset), base=preset.base, variants=variants, seeds=preset.seeds,
-                     teacher=preset.teacher, shape=preset.shape, resources=preset.resources,
-                     tags={"preset": preset.name})
+    spec = ablation_spec(__file__, preset, variants)
     df = run(spec, args)
-    report(df, args, spec, by=["group", "setting"], reference={"group": "cwd_ref", "setting": "cwd"},
+    report(df, args, spec, by=["group", "setting"], reference=CWD_REF_KEY,
            title="HWD mu vs CWD (paper Fig. 7)")
     return 0
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from segdistill.study import StudySpec  # noqa: E402
-from segdistill.study.cli_args import parser, preset_from_args, report, run, study_name  # noqa: E402
+from segdistill.study.cli_args import CWD_REF_KEY, ablation_spec, parser, preset_from_args, report, run  # noqa: E402
 from segdistill.study.presets import pick  # noqa: E402
 
 
@@ -27,12 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = [{"distill.method": "hwd", "distill.pixel_correction": pc, "distill.mu": m,
                  "tag.group": "pixel_correction", "tag.setting": f"{pc} mu={m:g}"}
                 for pc in ("n", "none") for m in mus]
-    variants.append({"distill.method": "cwd", "tag.group": "cwd_ref", "tag.setting": "cwd"})
-    spec = StudySpec(name=study_name(__file__, preset), base=preset.base, variants=variants, seeds=preset.seeds,
-                     teacher=preset.teacher, shape=preset.shape, resources=preset.resources,
-                     tags={"preset": preset.name})
+    spec = ablation_spec(__file__, preset, variants)
     df = run(spec, args)
-    report(df, args, spec, by=["group", "setting"], reference={"group": "cwd_ref", "setting": "cwd"},
+    report(df, args, spec, by=["group", "setting"], reference=CWD_REF_KEY,
            title="HWD pixel correction: paper 'n' vs released 'none'")
     return 0
 

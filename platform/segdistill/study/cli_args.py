@@ -49,6 +49,19 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
                       iterations=args.iterations)
 
 
+CWD_REFERENCE = {"distill.method": "cwd", "tag.group": "cwd_ref", "tag.setting": "cwd"}
+"""The CWD variant the ablations test every setting against (``reference=`` of :func:`report`)."""
+CWD_REF_KEY = {"group": "cwd_ref", "setting": "cwd"}
+
+
+def ablation_spec(script: str, preset: Preset, variants: Sequence[Mapping[str, Any]]) -> StudySpec:
+    """A grid study over ``variants`` plus the CWD reference, with the preset's base, seeds, teacher,
+    trial shape and resources."""
+    return StudySpec(name=study_name(script, preset), base=preset.base, variants=[*variants, CWD_REFERENCE],
+                     seeds=preset.seeds, teacher=preset.teacher, shape=preset.shape, resources=preset.resources,
+                     tags={"preset": preset.name})
+
+
 def study_name(script: str, preset: Preset) -> str:
     """``ablation_beta-demo``: one results directory per script and preset."""
     return f"{Path(script).stem}-{preset.name}"
