@@ -1,6 +1,8 @@
-"""Paper Tables II/III: baseline, KD, CWD and HWD (and every method registered later) for each
-student architecture (DeepLab-R18, DeepLab-MBV2, PSPNet-R18) on each dataset, several seeds.
-Each method is tested against the CE-only baseline of the same student and dataset.
+"""Paper Tables II/III: the CE-only baseline and every registered method (KD, CWD, HWD, SKD, IFVD,
+CIRKD, MGD, DIST) for each student architecture (DeepLab-R18, DeepLab-MBV2, PSPNet-R18) on each
+dataset, several seeds (the demo preset: at least 3), on one data pipeline and schedule. Each method
+gets its reference recipe's weights (``presets.method_overrides``) and is tested against the CE-only
+baseline of the same student and dataset. The smoke preset runs every method on one student.
 
     python experiments/compare_methods.py --preset smoke|demo|paper [--datasets a,b] [--methods m1,m2]
 """
@@ -15,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 from segdistill.config import known_methods  # noqa: E402
 from segdistill.study import StudySpec  # noqa: E402
 from segdistill.study.cli_args import parser, preset_from_args, report, run, study_name  # noqa: E402
-from segdistill.study.presets import PAPER_MU, pick  # noqa: E402
+from segdistill.study.presets import PAPER_MU, compare_methods_preset, method_overrides, pick  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", default=None, help="comma-separated (paper preset: ade20k,cityscapes,cocostuff "
                    "under --data-root/<name>)")
     args = p.parse_args(argv)
-    preset = preset_from_args(args)
+    preset = compare_methods_preset(preset_from_args(args), seeds_given=args.seeds is not None)
     methods = [m for m in args.methods.split(",") if m]
-    methods = list(pick(preset, tuple(methods), ("none", "hwd")))
+    unknown = sorted(set(methods) - set(known_methods()))
+    if unknown:
+        p.error(f"unknown methods {unknown}; known: {', '.join(known_methods())}")
     datasets = args.datasets.split(",") if args.datasets else [preset.base.data.name]
     students = pick(preset, preset.students, preset.students[:1])
     variants = []
@@ -35,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             "data.name": ds, "data.root": str(Path(args.data_root) / ds)}
         for arch in students:
             for m in methods:
-                v = {**data, "model.arch": arch, "distill.method": m, "tag.setting": f"{arch}/{m}"}
+                v = {**data, "model.arch": arch, "distill.method": m, "tag.setting": f"{arch}/{m}", **method_overrides(m)}
                 if m == "hwd":
                     v["distill.mu"] = PAPER_MU.get(ds, 0.0)
                 variants.append(v)

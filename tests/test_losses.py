@@ -191,10 +191,11 @@ def test_bad_shapes_raise():
         hwd_loss(s, t, lab[:, None])
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if not METHODS[m].feature_tap))
 def test_every_registered_method(method):
-    """The registry is the test matrix: finite, zero at equality, gradient flows to the student."""
-    cfg = DistillConfig(method=method, teacher_arch="x", teacher_checkpoint="x")
+    """The registry is the test matrix: finite, zero at equality, gradient flows to the student.
+    (Logit-only methods here; feature-based ones are covered with real models in test_methods.py.)"""
+    cfg = DistillConfig(method=method, teacher_arch="deeplabv3_tiny_r101", teacher_checkpoint="x")
     distiller = build_distiller(cfg)
     s, t, lab = _inputs()
     s = s.clone().requires_grad_(True)

@@ -135,3 +135,26 @@ def _paper(dataset: str, data_root: str) -> Preset:
 def pick(preset: Preset, values: tuple, smoke: tuple) -> tuple:
     """``values`` (the full grid), or ``smoke`` (a tiny subset) under the smoke preset."""
     return smoke if preset.subset else values
+
+
+# ---------------------------------------------------------------- compare_methods
+COMPARE_MIN_SEEDS = 3  # the demo comparison reports mean and spread over at least 3 seeds
+
+
+def compare_methods_preset(preset: Preset, *, seeds_given: bool) -> Preset:
+    """``compare_methods``' view of a preset: the demo preset runs at least 3 seeds unless ``--seeds``
+    was given (the smoke and paper presets keep theirs)."""
+    if preset.name == "demo" and not seeds_given and len(preset.seeds) < COMPARE_MIN_SEEDS:
+        return preset.replace(seeds=tuple(range(COMPARE_MIN_SEEDS)))
+    return preset
+
+
+def method_overrides(method: str) -> dict[str, Any]:
+    """Flat config overrides that give ``method`` its reference recipe's loss weight: ``distill.alpha``
+    is 3 for CWD/HWD and 1 for KD, SKD, IFVD, CIRKD, MGD and DIST, whose terms carry their own
+    reference weights (``distill.*_weight`` fields). Nothing for 'none' (the CE-only baseline)."""
+    if method == "none":
+        return {}
+    from ..losses import reference_alpha
+
+    return {"distill.alpha": reference_alpha(method)}
