@@ -2,7 +2,9 @@
 
 ``python -m analysis --results results --out reports`` or ``analysis.make_all.make_all(results, out)``.
 Every product function takes a :class:`~analysis.common.Results` (``load(root)``) and a
-:class:`~analysis.common.Report` (where outputs go, and what was skipped).
+:class:`~analysis.common.Report` (where outputs go, what was made from which studies, what could
+not be made and why); ``make_all.products()`` lists them. ``paper_tables.ipynb`` and
+``paper_figures.ipynb`` call the same functions.
 """
 
 import importlib.util

@@ -7,11 +7,34 @@ import math
 
 import numpy as np
 import pandas as pd
-
 from segdistill.summary import compare_samples
 
-from .common import (BETA, DATASET, METHOD, METRIC, MU, PIXEL, STUDENT, TAU_PRIME, WEIGHTING, Report, Results,
-                     by_group, col, mean_std, percent_factor, plt, pm, save_figure, save_table, slug)
+from .common import (
+    BETA,
+    COLUMN_W,
+    DATASET,
+    FULL_W,
+    METHOD,
+    METRIC,
+    MU,
+    PIXEL,
+    STUDENT,
+    TAU_PRIME,
+    WEIGHTING,
+    Report,
+    Results,
+    by_group,
+    col,
+    mean_std,
+    method_colour,
+    percent_factor,
+    plt,
+    pm,
+    save_figure,
+    save_table,
+    slug,
+    students_of,
+)
 
 FIG3_BETAS = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
 
@@ -25,32 +48,37 @@ def fig3_smoothing(report: Report, betas: tuple[float, ...] = FIG3_BETAS) -> Non
     """Paper Fig. 3: exp((1 - beta^w)/(1 - beta)) for w in [0, 1]; beside it the exponent
     (1 - beta^w)/(1 - beta) over [-2, 2] (about 95% of normalised weights), where negative w is
     pushed towards -inf for small beta (those channels are ignored). Needs no data."""
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(FULL_W, 2.6))
     w01, w22 = np.linspace(0.0, 1.0, 201), np.linspace(-2.0, 2.0, 401)
     for beta in betas:
         axes[0].plot(w01, smoothing(w01, beta), label=f"beta={beta:g}")
         axes[1].plot(w22, (1.0 - np.power(beta, w22)) / (1.0 - beta), label=f"beta={beta:g}")
     axes[0].set_ylabel("exp((1 - beta^w) / (1 - beta))")
-    axes[0].set_title("paper Fig. 3: w in [0, 1]", fontsize=9)
+    axes[0].set_title("paper Fig. 3: w in [0, 1]")
     axes[1].set_ylabel("(1 - beta^w) / (1 - beta)")
     axes[1].set_ylim(-6.0, 2.5)
-    axes[1].set_title("exponent, w in [-2, 2] (clipped)", fontsize=9)
+    axes[1].set_title("exponent, w in [-2, 2] (clipped)")
     for ax in axes:
         ax.set_xlabel("normalised weight w")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.suptitle("HWD smoothing function (Eq. 7)")
+    axes[1].legend(loc="lower right")
+    fig.suptitle("HWD smoothing function (Eq. 7)", fontsize=8.5)
     fig.tight_layout()
-    save_figure(report, "fig3_smoothing", fig)
+    report.add("fig3", "Fig. 3 smoothing function (analytic)", save_figure(report, "fig3_smoothing", fig))
 
 
-def _students(res: Results) -> pd.DataFrame:
-    t = res.trials
-    return t[t["method_label"] != "teacher"] if not t.empty else t
+def _sweep_students(res: Results, script: str) -> pd.DataFrame:
+    """Students of the ``experiments/<script>.py`` study; without one, every student (the selectors
+    below then fall back to ``group`` tags or config values)."""
+    t = students_of(res.trials)
+    if t.empty:
+        return t
+    mine = t[t["study"].astype(str).str.fullmatch(rf"{script}(-.*)?")]
+    return mine if not mine.empty else t
 
 
 def _points(df: pd.DataFrame, x: str) -> pd.DataFrame:
-    """Mean/std/n of the metric per value of ``x`` (sorted)."""
+    """Mean/std (ddof=1)/n of the metric per value of ``x`` (sorted)."""
     rows = []
     for value, g in df.groupby(x):
         mean, std, n = mean_std(g[METRIC])
@@ -70,10 +98,16 @@ def _in_pair(df: pd.DataFrame, dataset: str, student: str) -> pd.DataFrame:
     return df[(col(df, DATASET, "").astype(str) == dataset) & (col(df, STUDENT, "").astype(str) == student)]
 
 
-def _cwd_reference(students: pd.DataFrame, dataset: str, student: str) -> np.ndarray:
+def _cwd_reference(students: pd.DataFrame, sweep: pd.DataFrame, dataset: str, student: str) -> pd.DataFrame:
+    """The CWD runs (group "cwd_ref", else any CWD) of the sweep's own studies for (dataset, student)."""
     cwd = by_group(students, "cwd_ref", col(students, METHOD, "") == "cwd")
-    cwd = cwd[col(cwd, METHOD, "") == "cwd"]
-    return pd.to_numeric(_in_pair(cwd, dataset, student)[METRIC], errors="coerce").dropna().to_numpy(float)
+    cwd = _in_pair(cwd[col(cwd, METHOD, "") == "cwd"], dataset, student)
+    same = cwd[cwd["study"].isin(set(sweep["study"]))] if "study" in cwd and not sweep.empty else cwd
+    return same if not same.empty else cwd
+
+
+def _values(df: pd.DataFrame) -> np.ndarray:
+    return pd.to_numeric(df[METRIC], errors="coerce").dropna().to_numpy(float) if not df.empty else np.zeros(0)
 
 
 def _series_table(series: dict[str, tuple[str, pd.DataFrame]], cwd: np.ndarray, f: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -90,101 +124,126 @@ def _series_table(series: dict[str, tuple[str, pd.DataFrame]], cwd: np.ndarray, 
     data = pd.DataFrame(rows)
     display = pd.DataFrame({
         "setting": [s if not p else f"{p}={v:g}" for s, p, v in zip(data["series"], data["param"], data["value"])],
-        "mIoU": [pm(m * f, s * f, n) for m, s, n in zip(data["mean"], data["std"], data["n"])],
-        "diff vs CWD": ["" if pd.isna(d) else f"{d * f:+.2f}" for d in data["diff_vs_cwd"]],
-        "verdict": data["verdict"],
+        "mIoU (%)" if f == 100 else "mIoU": [pm(m * f, s * f) for m, s in zip(data["mean"], data["std"])],
+        "seeds": data["n"],
+        "Δ CWD": ["" if pd.isna(d) else f"{d * f:+.2f}" for d in data["diff_vs_cwd"]],
+        "vs seed noise": data["verdict"],
     })
     return data, display
 
 
-def _plot_series(ax, pts: pd.DataFrame, f: float, label: str, marker: str) -> None:
-    ax.errorbar(pts["value"], pts["mean"] * f, yerr=(pts["std"].fillna(0.0) * f), marker=marker, capsize=3, label=label)
+def _plot_series(ax, pts: pd.DataFrame, f: float, label: str, marker: str, colour: str = "#d62728") -> None:
+    ax.errorbar(pts["value"], pts["mean"] * f, yerr=(pts["std"].fillna(0.0) * f), marker=marker, ms=4, capsize=2,
+                color=colour, label=label)
 
 
 def _cwd_line(ax, cwd: np.ndarray, f: float) -> None:
     if len(cwd):
-        mean, std, n = mean_std(pd.Series(cwd))
-        ax.axhline(mean * f, color="tab:blue", linestyle="--", label=f"CWD (n={n})")
-        if n >= 2:
-            ax.axhspan((mean - std) * f, (mean + std) * f, color="tab:blue", alpha=0.1)
+        _cwd_hline(ax, *mean_std(pd.Series(cwd)), f)
+
+
+def _cwd_hline(ax, mean: float, std: float, n: int, f: float) -> None:
+    """CWD as a dashed line (paper Figs. 6/7), its mean ± std over seeds shaded."""
+    ax.axhline(mean * f, color=method_colour("CWD"), linestyle="--", label=f"CWD (n={n})")
+    if n >= 2 and not math.isnan(std):
+        ax.axhspan((mean - std) * f, (mean + std) * f, color=method_colour("CWD"), alpha=0.12, linewidth=0)
+
+
+def _ylabel(f: float) -> str:
+    return "mIoU (%)" if f == 100 else "mIoU"
 
 
 def fig6_beta(res: Results, report: Report) -> None:
     """Paper Fig. 6: mIoU vs smoothing beta (Eq. 7) and vs the softmax temperature tau' alternative,
-    with CWD as a dashed line. Runs: ``group`` "beta" / "softmax" / "cwd_ref"; untagged fallback:
-    HWD with weighting smooth and mu = 0 / HWD with weighting softmax / any CWD run."""
-    students = _students(res)
+    with CWD as a dashed line (its seed spread shaded). Runs: ``group`` "beta" / "softmax" /
+    "cwd_ref" of the ablation_beta study; untagged fallback: HWD with weighting smooth and mu = 0 /
+    HWD with weighting softmax / CWD runs."""
+    students = _sweep_students(res, "ablation_beta")
     made = False
     if not students.empty:
         hwd = col(students, METHOD, "") == "hwd"
         beta_rows = by_group(students, "beta", hwd & (col(students, WEIGHTING, "") == "smooth") & (col(students, MU) == 0))
         soft_rows = by_group(students, "softmax", hwd & (col(students, WEIGHTING, "") == "softmax"))
         for dataset, student in sorted(set(_pair_of(beta_rows)) | set(_pair_of(soft_rows))):
-            b = _points(_in_pair(beta_rows, dataset, student), BETA) if BETA in beta_rows else pd.DataFrame()
-            s = _points(_in_pair(soft_rows, dataset, student), TAU_PRIME) if TAU_PRIME in soft_rows else pd.DataFrame()
-            cwd = _cwd_reference(students, dataset, student)
+            b_rows, s_rows = _in_pair(beta_rows, dataset, student), _in_pair(soft_rows, dataset, student)
+            b = _points(b_rows, BETA) if BETA in beta_rows else pd.DataFrame()
+            s = _points(s_rows, TAU_PRIME) if TAU_PRIME in soft_rows else pd.DataFrame()
+            cwd_rows = _cwd_reference(students, pd.concat([b_rows, s_rows]), dataset, student)
+            cwd = _values(cwd_rows)
             f = percent_factor(pd.concat([b.get("mean", pd.Series(dtype=float)), s.get("mean", pd.Series(dtype=float)),
                                           pd.Series(cwd)]))
-            fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-            for ax, pts, xlabel, label in ((axes[0], b, "beta (smoothing, Eq. 7)", "HWD smoothing"),
-                                           (axes[1], s, "tau' (softmax temperature)", "softmax with tau'")):
+            fig, axes = plt.subplots(1, 2, figsize=(FULL_W, 2.5), sharey=True)
+            for ax, pts, xlabel, label in ((axes[0], b, "β (smoothing, Eq. 7; log scale)", "HWD, smoothing β"),
+                                           (axes[1], s, "τ' (softmax temperature)", "HWD, softmax with τ'")):
                 if not pts.empty:
                     _plot_series(ax, pts, f, label, "o")
-                    if xlabel.startswith("beta"):
+                    if label.endswith("β"):
                         ax.set_xscale("log")
                 _cwd_line(ax, cwd, f)
                 ax.set_xlabel(xlabel)
                 ax.grid(alpha=0.3)
-                ax.legend(fontsize=8)
-            axes[0].set_ylabel("mIoU (%)" if f == 100 else "mIoU")
-            fig.suptitle(f"Smoothing ablation (paper Fig. 6): {dataset}, student {student}")
+                ax.legend(loc="best")
+            axes[0].set_ylabel(_ylabel(f))
+            fig.suptitle(f"Smoothing ablation (paper Fig. 6), {dataset}, student {student}: mean ± std over seeds",
+                         fontsize=8.5)
+            fig.tight_layout()
             name = slug("fig6_beta", dataset, student)
-            save_figure(report, name, fig)
+            paths = save_figure(report, name, fig)
             series = {k: v for k, v in {"HWD smoothing": ("beta", b), "softmax": ("tau'", s)}.items() if not v[1].empty}
             data, display = _series_table(series, cwd, f)
-            save_table(report, name, data, display,
-                       caption=f"beta / tau' ablation, {dataset}, student {student}")
+            paths += save_table(report, name, data, display,
+                                caption=f"beta / tau' ablation, {dataset}, student {student}: mean ± std over seeds, "
+                                        "Welch's t-test against CWD")
+            report.add("fig6", f"Fig. 6 beta / tau' ablation ({dataset}, {student})", paths,
+                       pd.concat([b_rows, s_rows, cwd_rows]))
             made = True
     if not made:
-        report.skip("Fig. 6 beta ablation", "needs HWD runs tagged group=beta/softmax or varying distill.beta")
+        report.skip("fig6", "Fig. 6 beta ablation", "no HWD runs tagged group=beta/softmax (or varying distill.beta)")
 
 
 def fig7_mu(res: Results, report: Report) -> None:
-    """Paper Fig. 7: mIoU vs the normalisation mean mu, CWD dashed. Runs: ``group`` "mu"; untagged
-    fallback: HWD with weighting smooth and beta = 0.1."""
-    students = _students(res)
+    """Paper Fig. 7: mIoU vs the normalisation mean mu, CWD dashed. Runs: ``group`` "mu" of the
+    ablation_mu study; untagged fallback: HWD with weighting smooth and beta = 0.1."""
+    students = _sweep_students(res, "ablation_mu")
     made = False
     if not students.empty and MU in students:
         hwd = col(students, METHOD, "") == "hwd"
         mu_rows = by_group(students, "mu", hwd & (col(students, WEIGHTING, "") == "smooth")
                            & np.isclose(pd.to_numeric(col(students, BETA), errors="coerce"), 0.1))
         for dataset, student in _pair_of(mu_rows):
-            pts = _points(_in_pair(mu_rows, dataset, student), MU)
-            if len(pts) < 1:
+            rows = _in_pair(mu_rows, dataset, student)
+            pts = _points(rows, MU)
+            if pts.empty:
                 continue
-            cwd = _cwd_reference(students, dataset, student)
+            cwd_rows = _cwd_reference(students, rows, dataset, student)
+            cwd = _values(cwd_rows)
             f = percent_factor(pd.concat([pts["mean"], pd.Series(cwd)]))
-            fig, ax = plt.subplots(figsize=(5.5, 3.4))
-            _plot_series(ax, pts, f, "HWD", "o")
+            fig, ax = plt.subplots(figsize=(COLUMN_W, 2.5))
+            _plot_series(ax, pts, f, "HWD (β = 0.1)", "o")
             _cwd_line(ax, cwd, f)
-            ax.set_xlabel("mu (Eq. 6)")
-            ax.set_ylabel("mIoU (%)" if f == 100 else "mIoU")
+            ax.set_xlabel("μ (mean of the normalised weights, Eq. 6)")
+            ax.set_ylabel(_ylabel(f))
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-            ax.set_title(f"mu ablation (paper Fig. 7): {dataset}, {student}", fontsize=9)
+            ax.legend(loc="best")
+            ax.set_title(f"μ ablation (paper Fig. 7), {dataset}, {student}")
+            fig.tight_layout()
             name = slug("fig7_mu", dataset, student)
-            save_figure(report, name, fig)
+            paths = save_figure(report, name, fig)
             data, display = _series_table({"HWD": ("mu", pts)}, cwd, f)
-            save_table(report, name, data, display, caption=f"mu ablation, {dataset}, student {student}")
+            paths += save_table(report, name, data, display,
+                                caption=f"mu ablation, {dataset}, student {student}: mean ± std over seeds, "
+                                        "Welch's t-test against CWD")
+            report.add("fig7", f"Fig. 7 mu ablation ({dataset}, {student})", paths, pd.concat([rows, cwd_rows]))
             made = True
     if not made:
-        report.skip("Fig. 7 mu ablation", "needs HWD runs tagged group=mu or varying distill.mu")
+        report.skip("fig7", "Fig. 7 mu ablation", "no HWD runs tagged group=mu (or varying distill.mu)")
 
 
-def table_pixel_correction(res: Results, report: Report) -> None:
-    """Pixel-count correction ablation: paper's CD/(N_c+1) ("n") vs the released recipe ("none").
-    Runs: ``group`` "pixel_correction"; untagged fallback: HWD runs when both settings occur."""
-    students = _students(res)
+def pixel_correction_table(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per (dataset, student, mu, pixel_correction): n, mean, std over seeds; "n" (paper) is
+    compared with "none" (released code) at the same mu (Welch); CWD of the same study alongside.
+    Returns (table, trial rows used)."""
+    students = _sweep_students(res, "ablation_pixel_correction")
     rows = pd.DataFrame()
     if not students.empty and PIXEL in students:
         hwd = students[col(students, METHOD, "") == "hwd"]
@@ -193,24 +252,69 @@ def table_pixel_correction(res: Results, report: Report) -> None:
             rows = by_group(hwd, "pixel", None)
         if rows.empty and hwd[PIXEL].nunique() >= 2:
             rows = hwd
-    if rows.empty or rows[PIXEL].nunique() < 1:
-        report.skip("pixel-correction ablation", "needs HWD runs tagged group=pixel_correction")
-        return
+    if rows.empty:
+        return pd.DataFrame(), rows
+    rows = rows.assign(**{MU: pd.to_numeric(col(rows, MU, 0.0), errors="coerce").fillna(0.0)})
     out = []
     for (dataset, student), g in rows.groupby([DATASET, STUDENT]):
-        ref = pd.to_numeric(g[g[PIXEL] == "none"][METRIC], errors="coerce").dropna().to_numpy(float)
-        for setting, gg in g.groupby(PIXEL):
-            mean, std, n = mean_std(gg[METRIC])
-            cmp = compare_samples(gg[METRIC].to_numpy(float), ref) if setting != "none" else \
-                {"diff": 0.0, "p_value": math.nan, "verdict": "reference"}
-            out.append({"dataset": dataset, "student": student, "pixel_correction": setting, "n": n, "mean": mean,
-                        "std": std, "diff_vs_none": cmp["diff"], "p_value": cmp["p_value"], "verdict": cmp["verdict"]})
-    data = pd.DataFrame(out)
+        for mu, gm in g.groupby(MU):
+            ref = _values(gm[gm[PIXEL] == "none"])
+            for setting, gg in sorted(gm.groupby(PIXEL), key=lambda kv: kv[0] != "n"):
+                mean, std, n = mean_std(gg[METRIC])
+                cmp = compare_samples(_values(gg), ref) if setting != "none" else \
+                    {"diff": 0.0, "p_value": math.nan, "verdict": "reference"}
+                out.append({"dataset": dataset, "student": student, "mu": float(mu), "pixel_correction": setting,
+                            "n": n, "mean": mean, "std": std, "diff_vs_none": cmp["diff"], "p_value": cmp["p_value"],
+                            "verdict": cmp["verdict"]})
+        cwd_rows = _cwd_reference(students, g, dataset, student)
+        if not cwd_rows.empty:
+            mean, std, n = mean_std(cwd_rows[METRIC])
+            out.append({"dataset": dataset, "student": student, "mu": math.nan, "pixel_correction": "CWD", "n": n,
+                        "mean": mean, "std": std, "diff_vs_none": math.nan, "p_value": math.nan, "verdict": ""})
+            rows = pd.concat([rows, cwd_rows])
+    return pd.DataFrame(out), rows
+
+
+PIXEL_NAMES = {"n": "n (paper: CD/(N_c+1))", "none": "none (released code)", "CWD": "CWD (reference)"}
+
+
+def table_pixel_correction(res: Results, report: Report) -> None:
+    """N_c-correction ablation: paper's CD/(N_c+1) ("n") vs the released recipe ("none") per mu, as a
+    table and a bar figure with the seed spread."""
+    data, used = pixel_correction_table(res)
+    if data.empty:
+        report.skip("pixel_correction", "N_c-correction ablation", "no HWD runs tagged group=pixel_correction")
+        return
     f = percent_factor(data["mean"])
     display = pd.DataFrame({"dataset": data["dataset"], "student": data["student"],
-                            "pixel correction": data["pixel_correction"].map({"n": "n (paper: CD/(N_c+1))",
-                                                                              "none": "none (released code)"}),
-                            "mIoU": [pm(m * f, s * f, n) for m, s, n in zip(data["mean"], data["std"], data["n"])],
-                            "diff vs none": ["" if pd.isna(d) else f"{d * f:+.2f}" for d in data["diff_vs_none"]],
-                            "verdict": data["verdict"]})
-    save_table(report, "table_pixel_correction", data, display, caption="Pixel-count correction ablation (HWD)")
+                            "μ": ["" if pd.isna(m) else f"{m:g}" for m in data["mu"]],
+                            "pixel correction": data["pixel_correction"].map(PIXEL_NAMES),
+                            _ylabel(f): [pm(m * f, s * f) for m, s in zip(data["mean"], data["std"])],
+                            "seeds": data["n"],
+                            "Δ none": ["" if pd.isna(d) or p != "n" else f"{d * f:+.2f}"
+                                       for d, p in zip(data["diff_vs_none"], data["pixel_correction"])],
+                            "vs seed noise": data["verdict"]})
+    paths = save_table(report, "table_pixel_correction", data, display,
+                       caption="N_c-correction ablation (HWD): mean ± std over seeds; 'n' tested against 'none' "
+                               "at the same mu (Welch)")
+    for (dataset, student), d in data.groupby(["dataset", "student"]):
+        hw = d[d["pixel_correction"] != "CWD"]
+        mus = sorted(hw["mu"].unique())
+        fig, ax = plt.subplots(figsize=(COLUMN_W, 2.4))
+        for j, (setting, colour) in enumerate((("n", "#d62728"), ("none", "#ff9896"))):
+            g = hw[hw["pixel_correction"] == setting].set_index("mu").reindex(mus)
+            ax.bar(np.arange(len(mus)) + (j - 0.5) * 0.38, g["mean"] * f, 0.38, yerr=g["std"].fillna(0) * f,
+                   capsize=2, color=colour, label=PIXEL_NAMES[setting])
+        ref = d[d["pixel_correction"] == "CWD"]
+        if not ref.empty:
+            _cwd_hline(ax, float(ref["mean"].iloc[0]), float(ref["std"].iloc[0]), int(ref["n"].iloc[0]), f)
+        lo = np.nanmin((d["mean"] - d["std"].fillna(0)).to_numpy(float)) * f
+        ax.set_ylim(max(0.0, lo - 0.15 * abs(lo) - 1), None)
+        ax.set_xticks(np.arange(len(mus)), [f"μ = {m:g}" for m in mus])
+        ax.set_ylabel(_ylabel(f))
+        ax.set_title(f"N_c correction, {dataset}, {student} (mean ± std)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False, fontsize=6.5)
+        fig.tight_layout()
+        paths += save_figure(report, slug("fig_pixel_correction", dataset, student), fig)
+    report.add("pixel_correction", "N_c-correction ablation", paths, used)

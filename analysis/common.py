@@ -2,10 +2,13 @@
 
 Runs are identified by config columns (``distill.method``, ``model.arch``, ``data.name``,
 ``distill.beta``, ``distill.mu``, ``distill.weighting``, ``distill.tau_prime``,
-``distill.pixel_correction``, ``run.seed``) plus two ``trials`` columns written from tags:
-``role`` ("teacher"/"student") and ``group`` (the experiment group, e.g. "beta", "softmax",
-"mu", "cwd_ref", "pixel_correction"). When a ``group`` is absent the selectors fall back to
-config values (documented per function).
+``distill.pixel_correction``, ``run.seed``) plus ``trials`` columns written from the study
+layer's tags: ``role`` ("teacher"/"student"), ``group`` (the experiment group: "comparison",
+"class_analysis", "beta", "softmax", "mu", "cwd_ref", "pixel_correction", "search") and
+``setting``. Each experiment script writes one study directory ``<script>-<preset>``
+(``segdistill.study.cli_args.study_name``); the zoo teacher a study distilled from is copied into
+that study with the same ``trial_id`` in every study, so teacher rows are de-duplicated by
+``trial_id`` wherever several studies are combined.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import logging
 import math
 import re
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import matplotlib
 
@@ -24,7 +28,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
 from segdistill import results as rs  # noqa: E402
 
 log = logging.getLogger("analysis")
@@ -41,9 +44,17 @@ SEED = "run.seed"
 TEACHER_ARCH = "distill.teacher_arch"
 METRIC = "best_miou"
 
-METHOD_LABELS = {"none": "baseline", "kd": "KD", "cwd": "CWD", "hwd": "HWD", "teacher": "teacher"}
-METHOD_ORDER = ["teacher", "baseline", "KD", "SKD", "IFVD", "CWD", "CIRKD", "DIST", "MGD", "HWD"]
+# Display names of registered methods ("none" is the CE-only baseline); unknown names are upper-cased.
+METHOD_LABELS = {"none": "baseline", "kd": "KD", "skd": "SKD", "ifvd": "IFVD", "cwd": "CWD", "cirkd": "CIRKD",
+                 "dist": "DIST", "mgd": "MGD", "hwd": "HWD", "teacher": "teacher"}
+# Fixed order of known methods in every table and figure; unknown methods follow, alphabetically.
+METHOD_ORDER = ["baseline", "KD", "SKD", "IFVD", "CWD", "CIRKD", "DIST", "MGD", "HWD", "teacher"]
+# Fixed colours so a method looks the same in every figure (CWD blue as in the paper's Figs. 6/7).
+METHOD_COLOURS = {"baseline": "#7f7f7f", "KD": "#bcbd22", "SKD": "#8c564b", "IFVD": "#e377c2", "CWD": "#1f77b4",
+                  "CIRKD": "#9467bd", "DIST": "#17becf", "MGD": "#ff7f0e", "HWD": "#d62728", "teacher": "#2ca02c"}
+_EXTRA_COLOURS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354"]
 ABLATION_GROUPS = frozenset({"beta", "softmax", "mu", "pixel_correction", "pixel", "cwd_ref"})
+SEARCH_GROUPS = frozenset({"search"})
 
 
 def method_label(method: Any) -> str:
@@ -51,28 +62,70 @@ def method_label(method: Any) -> str:
 
 
 def method_sort_key(label: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(label) if label in METHOD_ORDER else len(METHOD_ORDER), label)
+    return (METHOD_ORDER.index(label) if label in METHOD_ORDER else len(METHOD_ORDER), str(label))
+
+
+def ordered_methods(labels: Iterable[str], *, teacher_last: bool = True) -> list[str]:
+    """Distinct labels in the fixed method order (unknown ones after the known students, teacher last)."""
+    out = sorted(set(labels), key=method_sort_key)
+    if teacher_last and "teacher" in out:
+        out = [m for m in out if m != "teacher"] + ["teacher"]
+    return out
+
+
+def method_colour(label: str) -> str:
+    if label in METHOD_COLOURS:
+        return METHOD_COLOURS[label]
+    return _EXTRA_COLOURS[sum(map(ord, str(label))) % len(_EXTRA_COLOURS)]
+
+
+def arch_label(arch: Any) -> str:
+    """``deeplabv3_r18`` -> ``DeepLab-R18``; ``pspnet_tiny_mbv2`` -> ``PSPNet-tiny-MBV2``."""
+    parts = str(arch).split("_")
+    head = {"deeplabv3": "DeepLab", "pspnet": "PSPNet"}.get(parts[0], parts[0])
+    rest = [p if p == "tiny" else p.upper() for p in parts[1:]]
+    return "-".join([head, *rest])
 
 
 @dataclass
 class Results:
-    """All tables of a results tree, read once. Non-``trials`` tables carry the trial columns."""
+    """All tables of a results tree, read once. Non-``trials`` tables carry the trial columns.
+
+    ``all_trials`` keeps every status (the Optuna search also reports ASHA-stopped trials);
+    ``trials`` and the joined tables hold only the statuses asked for (default: completed).
+    """
 
     trials: pd.DataFrame
     per_class: pd.DataFrame
     curves: pd.DataFrame
     embeddings: pd.DataFrame
     samples: pd.DataFrame
+    root: Path | None = None
+    all_trials: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def empty(self) -> bool:
         return self.trials.empty
+
+    def studies(self) -> list[str]:
+        return sorted(self.all_trials["study"].unique()) if "study" in self.all_trials else []
 
 
 def _join(rows: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     if rows.empty or trials.empty:
         return pd.DataFrame()
     return rows.merge(trials, on=["study", "trial_id"], how="inner", suffixes=("", "_trial"))
+
+
+def _labelled(trials: pd.DataFrame) -> pd.DataFrame:
+    trials = trials.copy()
+    role = trials["role"] if "role" in trials else pd.Series("student", index=trials.index)
+    method = trials[METHOD] if METHOD in trials else pd.Series("none", index=trials.index)
+    trials["method_label"] = [("teacher" if r == "teacher" else method_label(m)) for r, m in zip(role, method)]
+    for tag in ("group", "setting"):
+        if tag not in trials:
+            trials[tag] = np.nan
+    return trials.reset_index(drop=True)
 
 
 def load(results_root: str | Path, *, statuses: Iterable[str] = ("completed",)) -> Results:
@@ -85,25 +138,51 @@ def load(results_root: str | Path, *, statuses: Iterable[str] = ("completed",)) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rs.EmptyResultsWarning)
         tables = {t: rs.read_table(results_root, t) for t in rs.TABLES}
-    trials = tables["trials"]
-    if not trials.empty:
+    all_trials = tables["trials"]
+    trials = all_trials
+    if not all_trials.empty:
+        all_trials = _labelled(all_trials)
+        trials = all_trials
         if "status" in trials:
-            trials = trials[trials["status"].isin(list(statuses))]
-        trials = trials.copy()
-        role = trials["role"] if "role" in trials else pd.Series("student", index=trials.index)
-        method = trials[METHOD] if METHOD in trials else pd.Series("none", index=trials.index)
-        trials["method_label"] = [("teacher" if r == "teacher" else method_label(m)) for r, m in zip(role, method)]
-        if "group" not in trials:
-            trials["group"] = np.nan
-        trials = trials.reset_index(drop=True)
-    return Results(trials=trials, **{t: _join(tables[t], trials) for t in rs.TABLES if t != "trials"})
+            trials = trials[trials["status"].isin(list(statuses))].reset_index(drop=True)
+    return Results(trials=trials, root=Path(results_root), all_trials=all_trials,
+                   **{t: _join(tables[t], trials) for t in rs.TABLES if t != "trials"})
+
+
+# -- selecting runs ---------------------------------------------------------------------------
+
+def _str(df: pd.DataFrame, name: str) -> pd.Series:
+    return df[name].astype(str) if name in df else pd.Series("", index=df.index)
+
+
+def from_experiment(df: pd.DataFrame, script: str, groups: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows of the studies written by ``experiments/<script>.py`` (study ``<script>-<preset>``) or
+    tagged with one of ``groups``; teachers copied into several studies appear once."""
+    if df.empty or "study" not in df:
+        return df.iloc[0:0] if not df.empty else df
+    mask = _str(df, "study").str.fullmatch(rf"{re.escape(script)}(-.*)?")
+    if groups:
+        mask |= _str(df, "group").isin(list(groups))
+    return dedupe_teachers(df[mask])
+
+
+def dedupe_teachers(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep each teacher's rows from one study only (the zoo copies a teacher into every study)."""
+    if df.empty or "method_label" not in df or "study" not in df:
+        return df
+    teacher = df["method_label"] == "teacher"
+    if not teacher.any():
+        return df
+    first = df[teacher].groupby("trial_id")["study"].min()
+    keep = ~teacher | (df["study"] == df["trial_id"].map(first))
+    return df[keep]
 
 
 def main_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows that are not part of an ablation sweep (``group`` not in ABLATION_GROUPS)."""
+    """Rows that are not part of an ablation sweep or a hyper-parameter search."""
     if df.empty or "group" not in df:
         return df
-    return df[~df["group"].isin(list(ABLATION_GROUPS))]
+    return dedupe_teachers(df[~df["group"].isin(list(ABLATION_GROUPS | SEARCH_GROUPS))])
 
 
 def by_group(df: pd.DataFrame, group: str, fallback: pd.Series | None) -> pd.DataFrame:
@@ -115,6 +194,34 @@ def by_group(df: pd.DataFrame, group: str, fallback: pd.Series | None) -> pd.Dat
     if fallback is None:
         return df.iloc[0:0]
     return df[fallback.reindex(df.index, fill_value=False)]
+
+
+def students_of(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["method_label"] != "teacher"] if not df.empty and "method_label" in df else df
+
+
+def teachers_for(df: pd.DataFrame, students: pd.DataFrame, dataset: str, pool: pd.DataFrame | None = None
+                 ) -> pd.DataFrame:
+    """Teacher rows of ``dataset`` for ``students``: those in the students' own studies, else (from
+    ``pool``) those whose architecture the students name in ``distill.teacher_arch``."""
+    def pick(frame: pd.DataFrame) -> pd.DataFrame:
+        if frame.empty:
+            return frame
+        return frame[(frame["method_label"] == "teacher") & (_str(frame, DATASET) == dataset)]
+
+    own = pick(df)
+    if not students.empty and "study" in own:
+        own = own[own["study"].isin(set(students["study"]))]
+    if own.empty and pool is not None:
+        own = pick(pool)
+        archs = set(students[TEACHER_ARCH].dropna().astype(str)) - {""} if TEACHER_ARCH in students else set()
+        if archs and STUDENT in own and own[STUDENT].astype(str).isin(archs).any():
+            own = own[own[STUDENT].astype(str).isin(archs)]
+    own = own.copy()
+    if "study" in own:  # one copy per teacher
+        first = own.groupby("trial_id")["study"].min()
+        own = own[own["study"] == own["trial_id"].map(first)]
+    return own
 
 
 def col(df: pd.DataFrame, name: str, default: Any = np.nan) -> pd.Series:
@@ -131,16 +238,43 @@ def slug(*parts: Any) -> str:
     return "_".join(re.sub(r"[^A-Za-z0-9_.+-]+", "-", str(p)).strip("-") for p in parts if str(p))
 
 
+def provenance(df: pd.DataFrame) -> dict[str, int]:
+    """{study: number of distinct trials} of the rows an artifact was computed from."""
+    if df is None or df.empty or "study" not in df or "trial_id" not in df:
+        return {}
+    return {str(k): int(v) for k, v in df.groupby("study")["trial_id"].nunique().sort_index().items()}
+
+
 # -- outputs --------------------------------------------------------------------------------
 
 @dataclass
+class Artifact:
+    key: str
+    title: str
+    paths: list[Path]
+    sources: dict[str, int]
+    note: str = ""
+
+
+@dataclass
+class Missing:
+    key: str
+    title: str
+    why: str
+    command: str = ""
+
+
+@dataclass
 class Report:
-    """What a run of the analysis produced and skipped."""
+    """What a run of the analysis produced, what it could not make (and why), what failed."""
 
     out: Path
     written: list[Path] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
+    missing: list[Missing] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    commands: dict[str, str] = field(default_factory=dict)  # artifact key -> experiment command
+    figure_formats: tuple[str, ...] = ("png", "pdf")
 
     @property
     def tables(self) -> Path:
@@ -150,84 +284,108 @@ class Report:
     def figures(self) -> Path:
         return self.out / "figures"
 
-    def skip(self, what: str, why: str = "") -> None:
-        msg = f"no data for {what}" + (f" ({why})" if why else "")
-        log.info(msg)
-        self.skipped.append(msg)
+    @property
+    def cache(self) -> Path:
+        return self.out / ".cache"
+
+    @property
+    def skipped(self) -> list[str]:
+        return [f"no data for {m.title}" + (f" ({m.why})" if m.why else "") for m in self.missing]
+
+    def add(self, key: str, title: str, paths: Sequence[Path], used: pd.DataFrame | None = None, note: str = "") -> None:
+        self.artifacts.append(Artifact(key, title, list(paths), provenance(used) if used is not None else {}, note))
+
+    def skip(self, key: str, title: str, why: str = "") -> None:
+        m = Missing(key, title, why, self.commands.get(key, ""))
+        log.info("no data for %s%s", title, f" ({why})" if why else "")
+        self.missing.append(m)
+
+    def made(self, key: str) -> bool:
+        return any(a.key == key for a in self.artifacts)
 
 
 def _cell(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, (float, np.floating)):
         return f"{v:.4g}"
     return str(v)
 
 
-def to_markdown(df: pd.DataFrame) -> str:
+def to_markdown(df: pd.DataFrame, bold: pd.DataFrame | None = None) -> str:
+    """A GitHub Markdown table; cells where ``bold`` is True are wrapped in ``**``."""
     cols = [str(c) for c in df.columns]
-    rows = [[_cell(v).replace("|", "\\|") for v in r] for r in df.itertuples(index=False)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    for i in range(len(df)):
+        cells = []
+        for j in range(df.shape[1]):
+            text = _cell(df.iat[i, j]).replace("|", "\\|")
+            if bold is not None and text and bool(bold.iat[i, j]):
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{", "}": r"\}",
-        "$": r"\$", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def _tex_escape(s: str) -> str:
-    parts = s.split("+/-")
-    return r"$\pm$".join("".join(_TEX.get(ch, ch) for ch in part) for part in parts)
-
-
-def to_latex(df: pd.DataFrame, caption: str = "") -> str:
-    cols = [_tex_escape(str(c)) for c in df.columns]
-    out = [r"\begin{table}[t]", r"\centering"]
-    if caption:
-        out.append(rf"\caption{{{_tex_escape(caption)}}}")
-    out += [r"\begin{tabular}{" + "l" * len(cols) + "}", r"\hline", " & ".join(cols) + r" \\", r"\hline"]
-    out += [" & ".join(_tex_escape(_cell(v)) for v in r) + r" \\" for r in df.itertuples(index=False)]
-    out += [r"\hline", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(out) + "\n"
+def to_latex(df: pd.DataFrame, caption: str = "", bold: pd.DataFrame | None = None, label: str = "") -> str:
+    """LaTeX via pandas' Styler (booktabs rules, escaped text, ``\\textbf`` where ``bold``)."""
+    shown = df.map(_cell)
+    styler = shown.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+    if bold is not None:
+        styler = styler.apply(lambda _: np.where(bold.to_numpy(bool), "textbf:--rwrap;", ""), axis=None)
+    tex = styler.to_latex(caption=caption or None, label=label or None, hrules=True, position="t",
+                          position_float="centering", column_format="l" * shown.shape[1])
+    return tex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
 
 
 def save_table(report: Report, name: str, data: pd.DataFrame, display: pd.DataFrame | None = None,
-               caption: str = "") -> list[Path]:
-    """``name``.csv (raw numbers, ``data``), .md and .tex (formatted, ``display`` or ``data``)."""
+               caption: str = "", bold: pd.DataFrame | None = None) -> list[Path]:
+    """``name``.csv (raw numbers, ``data``), .md and .tex (formatted ``display``, ``bold`` cells)."""
     report.tables.mkdir(parents=True, exist_ok=True)
     display = data if display is None else display
+    if bold is not None:
+        bold = bold.reindex(index=display.index, columns=display.columns, fill_value=False).fillna(False).astype(bool)
     paths = [report.tables / f"{name}.{ext}" for ext in ("csv", "md", "tex")]
     data.to_csv(paths[0], index=False)
-    paths[1].write_text((f"**{caption}**\n\n" if caption else "") + to_markdown(display))
-    paths[2].write_text(to_latex(display, caption))
+    paths[1].write_text((f"**{caption}**\n\n" if caption else "") + to_markdown(display.reset_index(drop=True),
+                                                                               None if bold is None else bold.reset_index(drop=True)))
+    paths[2].write_text(to_latex(display.reset_index(drop=True), caption,
+                                 None if bold is None else bold.reset_index(drop=True), label=f"tab:{name}"))
     report.written.extend(paths)
     log.info("wrote table %s", name)
     return paths
 
 
+# One paper column is ~3.5 in wide, a full text width ~7.1 in.
+COLUMN_W, FULL_W = 3.5, 7.1
+plt.rcParams.update({"font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "legend.fontsize": 7,
+                     "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.dpi": 100, "savefig.dpi": 200,
+                     "pdf.fonttype": 42})
+
+
 def save_figure(report: Report, name: str, fig: plt.Figure) -> list[Path]:
     report.figures.mkdir(parents=True, exist_ok=True)
-    paths = [report.figures / f"{name}.{ext}" for ext in ("png", "pdf")]
-    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    paths = [report.figures / f"{name}.{ext}" for ext in report.figure_formats]
+    for path in paths:
+        fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     report.written.extend(paths)
     log.info("wrote figure %s", name)
     return paths
 
 
-def mean_std(values: pd.Series) -> tuple[float, float, int]:
-    x = pd.to_numeric(values, errors="coerce").dropna().to_numpy(np.float64)
+def mean_std(values: pd.Series | Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample std with ddof=1 (NaN for one value), n) of the finite values."""
+    x = pd.to_numeric(pd.Series(list(values) if not isinstance(values, pd.Series) else values),
+                      errors="coerce").dropna().to_numpy(np.float64)
     if not len(x):
         return math.nan, math.nan, 0
     return float(x.mean()), (float(x.std(ddof=1)) if len(x) >= 2 else math.nan), len(x)
 
 
-def pm(mean: float, std: float, n: int, digits: int = 2) -> str:
-    """``"33.85 +/- 0.10 (n=3)"``; a single seed prints ``"33.85 (n=1)"``."""
-    if n == 0 or math.isnan(mean):
+def pm(mean: float, std: float, n: int | None = None, digits: int = 2) -> str:
+    """``"33.85 ± 0.10"``; a single seed prints ``"33.85"``; ``n`` appends ``" (n=3)"``."""
+    if (n is not None and n == 0) or mean is None or math.isnan(mean):
         return ""
-    if n < 2 or math.isnan(std):
-        return f"{mean:.{digits}f} (n={n})"
-    return f"{mean:.{digits}f} +/- {std:.{digits}f} (n={n})"
+    text = f"{mean:.{digits}f}" if std is None or math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return text + (f" (n={n})" if n is not None else "")

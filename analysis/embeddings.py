@@ -1,123 +1,137 @@
-"""Feature-embedding figure (paper Fig. 5) from the ``embeddings`` table.
+"""Feature embeddings (paper Fig. 5) from the ``embeddings`` table of ``class_analysis``.
 
-Coordinates, in order of preference: precomputed ``tsne_x``/``tsne_y`` columns; a small exact
-t-SNE in NumPy (scikit-learn is not a dependency; O(N^2), so points are subsampled to
-``max_points``); or, with ``method="pca"``, a 2-D PCA projection. The figure title says which.
+Each student trial that ran with ``run.embedding_pixels`` stores sampled per-pixel features of its
+``head`` tap with their labels. Coordinates, in order of preference: precomputed ``tsne_x``/
+``tsne_y`` columns; scikit-learn's :class:`~sklearn.manifold.TSNE` (Barnes-Hut, PCA init, seeded)
+on at most ``max_points`` points (stratified by class), cached under ``<out>/.cache`` by a hash of
+the inputs so re-running the analysis does not recompute it; or, with ``method="pca"``, a 2-D PCA.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
-
 from segdistill.results import embedding_matrix
 
-from .common import DATASET, STUDENT, Report, Results, method_sort_key, plt, save_figure, slug
+from .common import (
+    COLUMN_W,
+    DATASET,
+    STUDENT,
+    Report,
+    Results,
+    from_experiment,
+    ordered_methods,
+    plt,
+    save_figure,
+    slug,
+    students_of,
+)
+from .samples import class_colours, class_names
+
+TSNE_ITER = 750
 
 
 def pca_2d(x: np.ndarray, dims: int = 2) -> np.ndarray:
-    """Project rows of ``x`` (N, D) onto their top ``dims`` principal components."""
-    x = x - x.mean(axis=0, keepdims=True)
-    if x.shape[1] <= dims:
-        return np.pad(x, ((0, 0), (0, dims - x.shape[1])))
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    return x @ vt[:dims].T
+    """Top-``dims`` principal components of the rows of ``x`` (N, D) (scikit-learn PCA)."""
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape[1] < dims or x.shape[0] <= dims:
+        return np.pad(x - x.mean(0), ((0, 0), (0, max(0, dims - x.shape[1]))))[:, :dims]
+    return PCA(n_components=dims, random_state=0).fit_transform(x)
 
 
-def _joint_p(d2: np.ndarray, perplexity: float, iters: int = 60) -> np.ndarray:
-    """Symmetric t-SNE affinities from squared distances (vectorised bisection on the precision)."""
-    n = d2.shape[0]
-    target = np.log(perplexity)
-    lo, hi = np.full(n, 1e-20), np.full(n, 1e20)
-    beta = np.ones(n)
-    mask = ~np.eye(n, dtype=bool)
-    d2 = d2 / max(np.median(d2[mask]), 1e-12)
-    for _ in range(iters):
-        p = np.exp(-d2 * beta[:, None]) * mask
-        s = p.sum(1) + 1e-300
-        entropy = np.log(s) + beta * (d2 * p).sum(1) / s
-        too_flat = entropy > target  # raise the precision
-        lo = np.where(too_flat, beta, lo)
-        hi = np.where(too_flat, hi, beta)
-        beta = np.where(hi < 1e19, np.sqrt(lo * hi), beta * 2.0)
-    p = np.exp(-d2 * beta[:, None]) * mask
-    p /= p.sum(1, keepdims=True) + 1e-300
-    p = (p + p.T) / (2 * n)
-    return np.maximum(p, 1e-12)
+def tsne_2d(x: np.ndarray, *, perplexity: float = 30.0, seed: int = 0, max_iter: int = TSNE_ITER,
+            cache_dir=None) -> np.ndarray:
+    """scikit-learn t-SNE of ``x`` (N, D) to (N, 2); perplexity capped at (N - 1) / 3; cached by input hash."""
+    from sklearn.manifold import TSNE
 
-
-def tsne_2d(x: np.ndarray, *, perplexity: float = 30.0, iterations: int = 300, seed: int = 0) -> np.ndarray:
-    """Exact t-SNE (van der Maaten & Hinton 2008) of ``x`` (N, D) to (N, 2), with early exaggeration,
-    momentum and gains. Meant for a few hundred to ~1000 points."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
-    if n < 4:
+    if n < 5:
         return pca_2d(x)
-    x = pca_2d(x, min(30, x.shape[1])) if x.shape[1] > 30 else x - x.mean(0)
-    sq = (x * x).sum(1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
-    p = _joint_p(d2, min(perplexity, (n - 1) / 3.0))
-    rng = np.random.default_rng(seed)
-    y = rng.normal(scale=1e-4, size=(n, 2))
-    velocity, gains = np.zeros_like(y), np.ones_like(y)
-    lr = max(n / 12.0, 50.0)
-    exaggerate = min(100, iterations // 3)
-    for it in range(iterations):
-        pp = p * 12.0 if it < exaggerate else p
-        sy = (y * y).sum(1)
-        num = 1.0 / (1.0 + np.maximum(sy[:, None] + sy[None, :] - 2 * y @ y.T, 0.0))
-        np.fill_diagonal(num, 0.0)
-        q = np.maximum(num / num.sum(), 1e-12)
-        pq = (pp - q) * num
-        grad = 4.0 * (np.diag(pq.sum(1)) - pq) @ y
-        gains = np.where(np.sign(grad) != np.sign(velocity), gains + 0.2, gains * 0.8).clip(0.01)
-        velocity = (0.5 if it < 250 else 0.8) * velocity - lr * gains * grad
-        y = y + velocity
-        y -= y.mean(0)
+    perplexity = float(min(perplexity, (n - 1) / 3.0))
+    path = None
+    if cache_dir is not None:
+        key = hashlib.sha1(x.tobytes() + f"{x.shape}{perplexity}{seed}{max_iter}".encode()).hexdigest()[:20]
+        path = cache_dir / f"tsne_{key}.npy"
+        if path.is_file():
+            return np.load(path)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # OpenMP threads on a shared, busy CPU are many times slower than one
+        y = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", max_iter=max_iter,
+                 random_state=seed).fit_transform(x)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, y)
     return y
 
 
-def coordinates(df: pd.DataFrame, *, method: str = "tsne", max_points: int = 600, seed: int = 0
+def _subsample(df: pd.DataFrame, max_points: int, seed: int) -> pd.DataFrame:
+    """At most ``max_points`` rows, stratified by label (rare classes keep their points)."""
+    if len(df) <= max_points:
+        return df
+    per = max(1, max_points // max(1, df["label"].nunique()))
+    parts = [g.sample(n=min(len(g), per), random_state=seed) for _, g in df.groupby("label")]
+    out = pd.concat(parts)
+    if len(out) > max_points:
+        out = out.sample(n=max_points, random_state=seed)
+    return out.sort_values("point")
+
+
+def coordinates(df: pd.DataFrame, *, method: str = "tsne", max_points: int = 600, seed: int = 0, cache_dir=None
                 ) -> tuple[np.ndarray, np.ndarray, str]:
     """2-D coordinates, labels and a description for one trial's embedding rows."""
     if {"tsne_x", "tsne_y"} <= set(df.columns) and df[["tsne_x", "tsne_y"]].notna().all().all():
         return df[["tsne_x", "tsne_y"]].to_numpy(float), df["label"].to_numpy(np.int64), "t-SNE (precomputed)"
-    if len(df) > max_points:
-        df = df.sample(n=max_points, random_state=seed).sort_values("point")
+    df = _subsample(df, max_points, seed)
     feats, labels = embedding_matrix(df)
     if method == "pca":
-        return pca_2d(feats), labels, "PCA projection (t-SNE not requested)"
-    return tsne_2d(feats, seed=seed), labels, f"t-SNE (NumPy exact, {len(df)} points)"
+        return pca_2d(feats), labels, f"PCA, {len(df)} pixels"
+    return tsne_2d(feats, seed=seed, cache_dir=cache_dir), labels, f"t-SNE (scikit-learn), {len(df)} pixels"
 
 
 def fig5_embeddings(res: Results, report: Report, *, method: str = "tsne", max_points: int = 600) -> None:
-    """Paper Fig. 5: one embedding panel per method for each (dataset, student)."""
-    emb = res.embeddings
-    if emb.empty:
-        report.skip("Fig. 5 t-SNE embeddings", "no embeddings table")
-        return
+    """Paper Fig. 5: one panel per student method (baseline, ..., HWD; first seed of each) for each
+    (dataset, student), points coloured by ground-truth class, a shared class legend."""
+    emb = from_experiment(res.embeddings, "class_analysis", ("class_analysis",))
+    if students_of(emb).empty:
+        emb = res.embeddings
+    emb = students_of(emb)
     made = False
-    for (dataset, student), g in _groups(emb):
-        trials = (g.drop_duplicates("trial_id").sort_values([c for c in ("run.seed", "trial_id") if c in g])
-                  .drop_duplicates("method_label"))
-        labels = sorted(trials["method_label"], key=method_sort_key)
-        fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.2), squeeze=False)
-        how = ""
-        for ax, lab in zip(axes[0], labels):
-            tid = trials[trials["method_label"] == lab]["trial_id"].iloc[0]
-            xy, cls, how = coordinates(g[g["trial_id"] == tid], method=method, max_points=max_points)
-            ax.scatter(xy[:, 0], xy[:, 1], c=cls % 20, cmap="tab20", vmin=0, vmax=19, s=4)
-            ax.set_title(lab)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.suptitle(f"Feature embeddings (paper Fig. 5), {dataset}, {student}: {how}", fontsize=9)
-        save_figure(report, slug("fig5_embeddings", dataset, student), fig)
-        made = True
+    if not emb.empty:
+        for (dataset, student), g in emb.groupby([DATASET, STUDENT]):
+            trials = (g.drop_duplicates("trial_id").sort_values([c for c in ("run.seed", "trial_id") if c in g])
+                      .drop_duplicates("method_label"))
+            labels = ordered_methods(trials["method_label"])
+            names = class_names(res, str(dataset))
+            fig, axes = plt.subplots(1, len(labels), figsize=(max(COLUMN_W, 2.2 * len(labels)), 2.5), squeeze=False)
+            how, seen = "", set()
+            colours = class_colours(max(int(g["label"].max()) + 1, len(names)))
+            for ax, lab in zip(axes[0], labels):
+                tid = trials[trials["method_label"] == lab]["trial_id"].iloc[0]
+                xy, cls, how = coordinates(g[g["trial_id"] == tid], method=method, max_points=max_points,
+                                           cache_dir=report.cache)
+                ax.scatter(xy[:, 0], xy[:, 1], c=colours[cls], s=3, linewidths=0, rasterized=True)
+                seen |= {int(c) for c in np.unique(cls)}
+                seed = trials[trials["method_label"] == lab]["run.seed"].iloc[0] if "run.seed" in trials else ""
+                ax.set_title(f"{lab} (seed {seed})")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            handles = [plt.Line2D([], [], marker="o", linestyle="", markersize=4, color=colours[c],
+                                  label=names.get(c, str(c))) for c in sorted(seen)]
+            fig.legend(handles=handles, loc="lower center", ncol=min(8, len(handles)), frameon=False,
+                       bbox_to_anchor=(0.5, -0.07 - 0.045 * ((len(handles) - 1) // 8)), fontsize=6,
+                       handletextpad=0.1, columnspacing=0.8)
+            fig.suptitle(f"Student pixel features (paper Fig. 5), {dataset}, {student}: {how}", fontsize=8)
+            fig.tight_layout()
+            paths = save_figure(report, slug("fig5_embeddings", dataset, student), fig)
+            report.add("fig5", f"Fig. 5 t-SNE ({dataset}, {student})", paths,
+                       g[g["trial_id"].isin(trials["trial_id"])])
+            made = True
     if not made:
-        report.skip("Fig. 5 t-SNE embeddings", "no student embeddings")
-
-
-def _groups(emb: pd.DataFrame):
-    students = emb[emb["method_label"] != "teacher"]
-    for (dataset, student), g in students.groupby([DATASET, STUDENT]):
-        yield (dataset, student), emb[(emb[DATASET] == dataset)
-                                      & ((emb[STUDENT] == student) | (emb["method_label"] == "teacher"))]
+        report.skip("fig5", "Fig. 5 t-SNE of student features", "no embeddings table (class_analysis records "
+                    "them with run.embedding_pixels > 0)")

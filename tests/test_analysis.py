@@ -1,170 +1,238 @@
-"""analysis/: regenerate tables and figures from a small synthetic results tree."""
+"""analysis/: every table's numbers against hand-computed values from a fixture results tree
+written with the real Parquet writer in the real study layout (tests/analysis_fixture.py)."""
 
 from __future__ import annotations
 
 import logging
 import math
-import zlib
+import os
 from pathlib import Path
 
+import analysis_fixture as fx
 import numpy as np
 import pandas as pd
 import pytest
 
 from analysis import ablations, load
+from analysis.common import method_sort_key, ordered_methods, to_latex
 from analysis.embeddings import pca_2d, tsne_2d
-from analysis.make_all import main, make_all
-from segdistill.config import TrainConfig
-from segdistill.results import Embeddings, TrialRecord, write_trial
+from analysis.make_all import COMMANDS, main, make_all, products
 
-CLASSES = ["road", "wall", "truck", "pole"]
-BASE = TrainConfig().replace(**{"data.name": "cityscapes", "model.arch": "deeplabv3_r18", "distill.beta": 0.1,
-                                "distill.mu": 0.0})
-TEACHER_KW = {"distill.teacher_arch": "deeplabv3_r101", "distill.teacher_checkpoint": "zoo/t.pt"}
-MIOU = {"baseline": 0.60, "cwd": 0.65, "hwd": 0.70, "teacher": 0.80}
+PAIR = "cityscapes_deeplabv3_r18"
 
 
-def _record(study: str, tid: str, cfg: TrainConfig, miou: float, *, role: str = "student", group: str | None = None,
-            seed: int = 0, extras: bool = False) -> TrialRecord:
-    rng = np.random.default_rng(zlib.crc32(tid.encode()))
-    per_class = [dict(class_id=i, class_name=n, iou=miou + 0.01 * i, acc=0.9, pixels=1000 * (i + 1),
-                      td=10.0 * (i + 1), ntd=0.5) for i, n in enumerate(CLASSES)]
-    method = cfg.distill.method
-    curves = [{"iteration": it, "loss/total": 2.0 / it, "loss/ce": 1.0 / it, "lr": 0.01 * (1 - it / 40)}
-              | ({"loss/distill": 1.0 / it} if method != "none" else {}) for it in (10, 20, 30)]
-    curves.append({"iteration": 30, "val/miou": miou})
-    metrics = {"best_miou": miou, "final_miou": miou - 0.01, "pixel_acc": 0.9, "params": 13.6e6 if role == "student" else 61.1e6,
-               "flops": 86.0e9, "role": role, "device": "cpu", "git_sha": "abc"}
-    if group:
-        metrics["group"] = group
-    emb = samples = None
-    if extras:
-        labels = np.repeat(np.arange(4), 12)
-        emb = Embeddings(features=rng.normal(size=(48, 8)) + labels[:, None], labels=labels)
-        img = rng.integers(0, 255, size=(8, 10, 3), dtype=np.uint8)
-        lab = rng.integers(0, 4, size=(8, 10))
-        samples = [dict(index=k, image=img, label=lab, prediction=(lab + k) % 4) for k in range(2)]
-    return TrialRecord(study=study, trial_id=tid, config=cfg.to_flat(), metrics=metrics, per_class=per_class,
-                       curves=curves, embeddings=emb, samples=samples)
-
-
-def build_tree(root: Path) -> None:
-    """Teacher, baseline/CWD/HWD x 3 seeds, beta/softmax/mu sweeps (1 seed), pixel-correction pair."""
-    teacher = BASE.replace(**{"model.arch": "deeplabv3_r101"})
-    write_trial(root, _record("main", "teacher0", teacher, MIOU["teacher"], role="teacher", extras=True))
-    for seed in range(3):
-        for method in ("none", "cwd", "hwd"):
-            cfg = BASE.replace(**{"distill.method": method, "run.seed": seed}, **({} if method == "none" else TEACHER_KW))
-            label = "baseline" if method == "none" else method
-            write_trial(root, _record("main", f"{method}_s{seed}", cfg, MIOU[label] + 0.005 * seed, seed=seed,
-                                      extras=seed == 0))
-    hwd = BASE.replace(**{"distill.method": "hwd"}, **TEACHER_KW)
-    for beta in (0.01, 0.1, 0.5, 0.9):
-        write_trial(root, _record("abl", f"beta_{beta}", hwd.replace(**{"distill.beta": beta}), 0.7 - beta / 10, group="beta"))
-    for tp in (2.0, 5.0):
-        cfg = hwd.replace(**{"distill.weighting": "softmax", "distill.tau_prime": tp})
-        write_trial(root, _record("abl", f"soft_{tp}", cfg, 0.6 + tp / 100, group="softmax"))
-    for mu in (-1.0, 0.0, 1.0):
-        write_trial(root, _record("abl", f"mu_{mu}", hwd.replace(**{"distill.mu": mu}), 0.7 - abs(mu) / 20, group="mu"))
-    write_trial(root, _record("abl", "cwdref", BASE.replace(**{"distill.method": "cwd"}, **TEACHER_KW), 0.65,
-                              group="cwd_ref"))
-    for pc in ("n", "none"):
-        for seed in range(2):
-            cfg = hwd.replace(**{"distill.pixel_correction": pc, "run.seed": seed})
-            write_trial(root, _record("abl", f"pc_{pc}_{seed}", cfg, 0.70 + (0.02 if pc == "n" else 0) + seed / 1000,
-                                      group="pixel_correction"))
-    failed = _record("abl", "failed0", hwd, 0.99, group="beta")
-    failed.status = "failed"
-    write_trial(root, failed)
+def _build(root: Path, **kw) -> Path:
+    with pytest.MonkeyPatch.context() as mp:  # durability is irrelevant in a temp dir; fsync is slow on shared disks
+        mp.setattr(os, "fsync", lambda fd: None)
+        return fx.build_tree(root, **kw)
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    root = tmp_path_factory.mktemp("results")
-    build_tree(root)
-    out = tmp_path_factory.mktemp("reports")
-    return make_all(root, out, embedding_method="tsne"), root
+def tree(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory.mktemp("results"))
 
 
-def test_all_products_written(report):
-    rep, _ = report
-    assert rep.failed == []
+@pytest.fixture(scope="module")
+def report(tree, tmp_path_factory):
+    # PNG only: PDF export (font subsetting) is most of the run time; test_empty_tree_and_cli covers PDFs
+    return make_all(tree, tmp_path_factory.mktemp("reports"), figure_formats=("png",))
+
+
+def _csv(rep, name: str) -> pd.DataFrame:
+    return pd.read_csv(rep.tables / f"{name}.csv")
+
+
+def _ms(values) -> tuple[float, float]:
+    x = np.asarray(values, float)
+    return float(x.mean()), float(x.std(ddof=1))
+
+
+# -- every artifact -------------------------------------------------------------------------------
+
+def test_every_artifact_is_made(report):
+    rep = report
+    assert rep.failed == [] and rep.missing == []
+    assert {a.key for a in rep.artifacts} == {key for key, _, _ in products()}
     names = {p.name for p in rep.written}
-    pair = "cityscapes_deeplabv3_r18"
-    for stem in ("fig3_smoothing", f"fig2_per_class_iou_{pair}", f"fig6_beta_{pair}", f"fig7_mu_{pair}",
-                 f"fig5_embeddings_{pair}", f"fig4_samples_{pair}", "curves_main", "curves_abl"):
-        assert {f"{stem}.png", f"{stem}.pdf"} <= names, stem
-    for stem in ("table_methods", f"table1_td_ntd_{pair}", f"fig2_per_class_iou_{pair}", f"fig6_beta_{pair}",
-                 f"fig7_mu_{pair}", "table_pixel_correction"):
+    for stem in ("fig3_smoothing", f"fig2_per_class_iou_{PAIR}", f"fig6_beta_{PAIR}", f"fig7_mu_{PAIR}",
+                 f"fig5_embeddings_{PAIR}", f"fig4_samples_{PAIR}", f"fig_hwd_minus_cwd_{PAIR}",
+                 f"fig_pixel_correction_{PAIR}", "fig_methods_cityscapes", "fig_methods_ade20k",
+                 "search_search_hwd-demo_history", "search_search_hwd-demo_importance",
+                 "curves_class_analysis-demo", f"curves_compare_methods-demo_{PAIR}"):
+        assert f"{stem}.png" in names, stem
+    for stem in ("table2_methods_cityscapes", "table2_methods_ade20k", "table3_methods_across_datasets_deeplabv3_r18",
+                 f"table1_td_ntd_{PAIR}", f"fig2_per_class_iou_{PAIR}", f"fig6_beta_{PAIR}", f"fig7_mu_{PAIR}",
+                 "table_pixel_correction", "search_search_hwd-demo_trials"):
         assert {f"{stem}.csv", f"{stem}.md", f"{stem}.tex"} <= names, stem
     assert all(p.stat().st_size > 0 for p in rep.written)
-    assert rep.skipped == []
-    assert (rep.out / "index.md").exists()
 
 
-def test_method_table_matches_inputs(report):
-    rep, _ = report
-    t = pd.read_csv(rep.tables / "table_methods.csv")
-    assert list(t["method"]) == ["teacher", "baseline", "CWD", "HWD"]
-    row = t.set_index("method").loc["HWD"]
-    vals = [MIOU["hwd"] + 0.005 * s for s in range(3)]
-    assert row["n"] == 3
-    assert row["mean"] == pytest.approx(np.mean(vals))
-    assert row["std"] == pytest.approx(np.std(vals, ddof=1))
-    assert row["diff_vs_baseline"] == pytest.approx(MIOU["hwd"] - MIOU["baseline"])
+def test_index_lists_artifacts_with_their_studies(report):
+    text = (report.out / "index.md").read_text()
+    assert "| `compare_methods-demo` | 46 | 44 | early_stopped: 1, failed: 1 |" in text
+    # Table II (cityscapes): 5 + 3 methods x 3 seeds + the teacher, all from compare_methods
+    row = next(line for line in text.splitlines() if line.startswith("| Table II (cityscapes)"))
+    assert "`compare_methods-demo`: 25" in row and "[md](tables/table2_methods_cityscapes.md)" in row
+    row = next(line for line in text.splitlines() if line.startswith("| Fig. 6"))
+    assert "`ablation_beta-demo`: 12" in row  # 8 beta + 2 softmax + 2 CWD references; not the other CWD refs
+    assert "## Not made" in text and "(everything was made)" in text
+
+
+# -- Tables II / III ------------------------------------------------------------------------------
+
+def test_table2_numbers(report):
+    t = _csv(report, "table2_methods_cityscapes")
+    r18 = t[t["model"] == "deeplabv3_r18"]
+    assert list(r18["method"]) == ["baseline", "KD", "CWD", "HWD", "MYNEW"]  # fixed order, unknown method last
+    assert t["method"].iloc[0] == "teacher" and (t["method"] == "teacher").sum() == 1
+    row = r18.set_index("method").loc["HWD"]
+    hwd = [fx.COMPARE[("cityscapes", "deeplabv3_r18")]["hwd"] + fx.SEED_STEP["hwd"] * s for s in fx.SEEDS]
+    base = [fx.COMPARE[("cityscapes", "deeplabv3_r18")]["none"] + fx.SEED_STEP["none"] * s for s in fx.SEEDS]
+    assert row["n"] == 3  # the failed and early-stopped HWD runs (0.95) are not counted
+    assert (row["mean"], row["std"]) == pytest.approx(_ms(hwd))
+    assert row["diff_vs_baseline"] == pytest.approx(np.mean(hwd) - np.mean(base))
     assert row["verdict"].startswith("p<0.05")
-    assert t.set_index("method").loc["teacher", "n"] == 1
-    md = (rep.tables / "table_methods.md").read_text()
-    assert "70.50 +/- 0.50 (n=3)" in md and "80.00 (n=1)" in md
-    assert r"$\pm$" in (rep.tables / "table_methods.tex").read_text()
+    assert row["params"] == pytest.approx(13.6e6) and row["flops"] == pytest.approx(86.0e9)
+    assert r18.set_index("method").loc["MYNEW", "std"] == 0.0  # three equal seeds: zero spread
+    teacher = t[t["method"] == "teacher"].iloc[0]
+    assert teacher["n"] == 1 and teacher["mean"] == pytest.approx(fx.TEACHER_MIOU["cityscapes"])
+    # best in column: the highest student mean of each student block, never the teacher
+    assert list(t[t["best"]][["model", "method"]].itertuples(index=False, name=None)) == [
+        ("deeplabv3_r18", "HWD"), ("pspnet_r18", "CWD")]
+    assert t["mean"].max() < 0.95  # search trials (0.99) and failed runs never enter the comparison
+    md = (report.tables / "table2_methods_cityscapes.md").read_text()
+    assert f"**{np.mean(hwd) * 100:.2f} ± {np.std(hwd, ddof=1) * 100:.2f}**" in md
+    assert "| T: DeepLab-R101 | 61.1M | 384.7G | 80.00 |" in md and "| S: PSPNet-R18 | 12.9M | 67.6G |" in md
+    tex = (report.tables / "table2_methods_cityscapes.tex").read_text()
+    assert rf"\textbf{{{np.mean(hwd) * 100:.2f} $\pm$ {np.std(hwd, ddof=1) * 100:.2f}}}" in tex
+    assert r"\toprule" in tex and r"mIoU (\%)" in tex
 
 
-def test_ablation_tables_match_inputs(report):
-    rep, _ = report
-    beta = pd.read_csv(rep.tables / "fig6_beta_cityscapes_deeplabv3_r18.csv")
+def test_table3_numbers(report):
+    t = _csv(report, "table3_methods_across_datasets_pspnet_r18").set_index("method")
+    assert list(t.index) == ["teacher", "baseline", "CWD", "HWD"]
+    ade = [fx.COMPARE[("ade20k", "pspnet_r18")]["hwd"] + fx.SEED_STEP["hwd"] * s for s in fx.SEEDS]
+    assert (t.loc["HWD", "ade20k_mean"], t.loc["HWD", "ade20k_std"]) == pytest.approx(_ms(ade))
+    assert t.loc["teacher", "ade20k_mean"] == pytest.approx(fx.TEACHER_MIOU["ade20k"])
+    assert t["ade20k_best"].tolist() == [False, False, False, True]
+    assert t["cityscapes_best"].tolist() == [False, False, True, False]
+    md = (report.tables / "table3_methods_across_datasets_pspnet_r18.md").read_text()
+    assert sum(line.count("**") for line in md.splitlines() if line.startswith("| ")) == 4  # one per dataset
+
+
+# -- per class: Table I, Fig. 2, HWD - CWD ---------------------------------------------------------
+
+def test_table1_td_ntd(report):
+    t = _csv(report, f"table1_td_ntd_{PAIR}").set_index("class_name")
+    assert "ring" not in t.index  # never occurs in the labels
+    assert list(t.index) == ["road", "building", "sidewalk", "wall", "truck", "pole"]
+    for k, name in enumerate(t.index):
+        ratios = [(k + 1) * (1 + s) / (0.5 + 0.5 * s) for s in fx.CLASS_SEEDS]  # per-run TD/NTD
+        assert (t.loc[name, "td_ntd_mean"], t.loc[name, "td_ntd_std"]) == pytest.approx(_ms(ratios))
+        assert t.loc[name, "td"] == pytest.approx(np.mean([(k + 1) * (1 + s) for s in fx.CLASS_SEEDS]))
+        assert t.loc[name, "ntd"] == pytest.approx(0.75)
+        assert t.loc[name, "n"] == 2
+    md = (report.tables / f"table1_td_ntd_{PAIR}.md").read_text()
+    assert "| road | 1.5 | 0.75 | 2.0 ± 0.0 | 2 |" in md
+
+
+def test_fig2_per_class_numbers(report):
+    t = _csv(report, f"fig2_per_class_iou_{PAIR}")
+    assert list(t["class_name"]) == ["road", "building", "sidewalk", "wall", "truck", "pole"]  # by frequency
+    assert [c for c in t.columns if c in ("baseline", "CWD", "HWD", "teacher")] == ["baseline", "CWD", "HWD", "teacher"]
+    t = t.set_index("class_name")
+    vals = [fx.CLASS_IOU["CWD"]["wall"] + 0.02 * s for s in fx.CLASS_SEEDS]
+    assert (t.loc["wall", "CWD"], t.loc["wall", "CWD_std"]) == pytest.approx(_ms(vals))
+    assert t.loc["truck", "teacher"] == pytest.approx(fx.CLASS_IOU["teacher"]["truck"])
+    assert t.loc["truck", "teacher_n"] == 1  # the teacher copied into 5 studies counts once
+    assert t.loc["road", "pixels"] == fx.CLASSES["road"]
+
+
+def test_hwd_minus_cwd(report):
+    t = _csv(report, f"fig_hwd_minus_cwd_{PAIR}").set_index("class_name")
+    assert "ring" not in t.index
+    total = sum(fx.CLASSES.values())
+    assert t.loc["truck", "frequency"] == pytest.approx(fx.CLASSES["truck"] / total)
+    assert t.loc["truck", "diff"] == pytest.approx(fx.CLASS_IOU["HWD"]["truck"] - fx.CLASS_IOU["CWD"]["truck"])
+    s = np.std([0.0, 0.02], ddof=1)
+    assert t.loc["truck", "se"] == pytest.approx(math.sqrt(s ** 2 / 2 + s ** 2 / 2))
+
+
+# -- ablations ------------------------------------------------------------------------------------
+
+def test_ablation_tables(report):
+    beta = _csv(report, f"fig6_beta_{PAIR}")
     smooth = beta[beta["series"] == "HWD smoothing"].set_index("value")
-    assert list(smooth.index) == [0.01, 0.1, 0.5, 0.9]  # the failed trial (beta=0.1, 0.99) is excluded
-    assert smooth.loc[0.5, "mean"] == pytest.approx(0.65)
-    assert (smooth["verdict"] == "n/a (single seed)").all()
-    assert set(beta[beta["series"] == "softmax"]["value"]) == {2.0, 5.0}
-    assert beta[beta["series"] == "CWD"]["mean"].iloc[0] == pytest.approx(0.65)  # cwd_ref run, not the main CWD runs
-    mu = pd.read_csv(rep.tables / "fig7_mu_cityscapes_deeplabv3_r18.csv").set_index("value")
-    assert mu.loc[-1.0, "mean"] == pytest.approx(0.65)
-    pc = pd.read_csv(rep.tables / "table_pixel_correction.csv").set_index("pixel_correction")
-    assert pc.loc["n", "diff_vs_none"] == pytest.approx(0.02)
-    td = pd.read_csv(rep.tables / "table1_td_ntd_cityscapes_deeplabv3_r18.csv")
-    assert list(td.columns[:3]) == ["class_id", "class_name", "CWD"]
-    assert td["CWD"].tolist() == pytest.approx([20.0, 40.0, 60.0, 80.0])
-    iou = pd.read_csv(rep.tables / "fig2_per_class_iou_cityscapes_deeplabv3_r18.csv").set_index("class_name")
-    assert list(iou.columns[1:]) == ["baseline", "CWD", "HWD", "teacher"]
-    assert iou.loc["truck", "teacher"] == pytest.approx(0.82)
-    assert iou.loc["road", "CWD"] == pytest.approx(0.655)
+    assert list(smooth.index) == sorted(fx.BETAS)
+    m, s = _ms([fx.BETAS[0.5], fx.BETAS[0.5] + 0.01])
+    assert (smooth.loc[0.5, "mean"], smooth.loc[0.5, "std"]) == pytest.approx((m, s))
+    cwd = beta[beta["series"] == "CWD"].iloc[0]
+    assert (cwd["mean"], cwd["n"]) == pytest.approx((np.mean(fx.CWD_REF["ablation_beta"]), 2))  # own study's CWD
+    assert smooth.loc[0.5, "diff_vs_cwd"] == pytest.approx(m - np.mean(fx.CWD_REF["ablation_beta"]))
+    assert set(beta[beta["series"] == "softmax"]["value"]) == set(fx.TAU_PRIMES)
+    mu = _csv(report, f"fig7_mu_{PAIR}")
+    assert mu[mu["series"] == "CWD"]["mean"].iloc[0] == pytest.approx(fx.CWD_REF["ablation_mu"][0])
+    assert mu.set_index("value").loc[-1.0, "verdict"] == "n/a (single seed)"
+    pc = _csv(report, "table_pixel_correction")
+    row = pc[(pc["pixel_correction"] == "n") & (pc["mu"] == 1.0)].iloc[0]
+    assert row["diff_vs_none"] == pytest.approx(fx.PIXEL[("n", 1.0)] - fx.PIXEL[("none", 1.0)])
+    assert row["n"] == 2 and row["std"] == pytest.approx(np.std([0, 0.004], ddof=1))
+    assert pc[pc["pixel_correction"] == "CWD"]["mean"].iloc[0] == pytest.approx(
+        np.mean(fx.CWD_REF["ablation_pixel_correction"]))
 
 
-def test_empty_tree_reports_no_data(tmp_path, caplog):
-    root = tmp_path / "results"
-    root.mkdir()
+def test_search_reads_the_optuna_journal(report, tree):
+    t = _csv(report, "search_search_hwd-demo_trials")
+    assert len(t) == len(fx.SEARCH_VALUES) and t["value"].iloc[0] == pytest.approx(max(fx.SEARCH_VALUES))
+    assert {"distill.mu", "distill.alpha", "distill.beta"} <= set(t.columns)
+    journal = tree / "search_hwd-demo" / "optuna.journal"
+    assert journal.stat().st_size > 0 and not list(tree.glob("search_hwd-demo/*.lock"))
+
+
+# -- missing inputs, CLI, helpers ------------------------------------------------------------------
+
+def test_missing_studies_are_reported_with_commands(tmp_path, caplog):
+    root = _build(tmp_path / "results", parts=("ablations",))
     with caplog.at_level(logging.INFO, logger="analysis"):
-        rep = make_all(root, tmp_path / "out")
+        rep = make_all(root, tmp_path / "out", only=("table2", "table1", "fig5", "fig6", "fig3", "search"))
     assert rep.failed == []
-    assert {p.name for p in rep.written} == {"fig3_smoothing.png", "fig3_smoothing.pdf"}
-    assert len(rep.skipped) == 9 and all(s.startswith("no data for") for s in rep.skipped)
-    assert "no data for Tables II/III" in caplog.text
+    assert {a.key for a in rep.artifacts} == {"fig6", "fig3"}
+    missing = {m.key: m for m in rep.missing}
+    assert set(missing) == {"table2", "table1", "fig5", "search"}
+    assert missing["table2"].command == COMMANDS["table2"] and "compare_methods.py" in missing["table2"].command
+    text = (rep.out / "index.md").read_text()
+    assert "`python experiments/class_analysis.py --preset demo`" in text
+    assert "no data for Table I" in caplog.text
 
 
-def test_cli(tmp_path, capsys):
+def test_empty_tree_and_cli(tmp_path, capsys):
     (tmp_path / "results").mkdir()
     assert main(["--results", str(tmp_path / "results"), "--out", str(tmp_path / "out"), "-q"]) == 0
-    assert "no data for" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no data for" in out
+    assert {p.name for p in (tmp_path / "out" / "figures").iterdir()} == {"fig3_smoothing.png", "fig3_smoothing.pdf"}
     assert main(["--results", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
 
 
-def test_load_excludes_failed_and_labels(report):
-    _, root = report
-    res = load(root)
-    assert "failed0" not in set(res.trials["trial_id"])
-    assert set(res.trials["method_label"]) == {"teacher", "baseline", "CWD", "HWD"}
-    assert "distill.beta" in res.curves.columns and "method_label" in res.per_class.columns
+def test_load_filters_status_and_labels(tree):
+    res = load(tree)
+    assert not {"cmp_failed", "cmp_early_stopped"} & set(res.trials["trial_id"])
+    assert "cmp_failed" in set(res.all_trials["trial_id"])
+    assert {"teacher", "baseline", "KD", "CWD", "HWD", "MYNEW"} <= set(res.trials["method_label"])
+
+
+def test_method_order():
+    labels = ["HWD", "teacher", "ZETA", "baseline", "MGD", "CIRKD", "DIST", "IFVD", "SKD", "KD", "CWD", "ALPHA"]
+    assert ordered_methods(labels) == ["baseline", "KD", "SKD", "IFVD", "CWD", "CIRKD", "DIST", "MGD", "HWD",
+                                       "ALPHA", "ZETA", "teacher"]
+    assert method_sort_key("HWD") < method_sort_key("ALPHA")
+
+
+def test_latex_escapes_and_bolds():
+    df = pd.DataFrame({"Method": ["+HWD_x", "100%"], "mIoU": ["1.00 ± 0.10", "2"]})
+    bold = pd.DataFrame({"Method": [False, False], "mIoU": [True, False]})
+    tex = to_latex(df, "cap", bold)
+    assert r"+HWD\_x" in tex and r"100\%" in tex and r"\textbf{1.00 $\pm$ 0.10}" in tex
 
 
 def test_smoothing_function():
@@ -173,23 +241,50 @@ def test_smoothing_function():
     assert ablations.smoothing(np.array([0.5]), 0.5)[0] == pytest.approx(math.exp((1 - 0.5 ** 0.5) / 0.5))
 
 
-def test_projections_separate_clusters():
+def test_projections_separate_clusters(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 30)
     x = rng.normal(size=(60, 5)) + 8 * labels[:, None]
-    for y in (pca_2d(x), tsne_2d(x, iterations=250)):
+    for y in (pca_2d(x), tsne_2d(x, cache_dir=tmp_path)):
         centre = [y[labels == k].mean(0) for k in (0, 1)]
         spread = max(np.linalg.norm(y[labels == k] - centre[k], axis=1).mean() for k in (0, 1))
         assert np.linalg.norm(centre[0] - centre[1]) > 2 * spread
+    assert len(list(tmp_path.glob("tsne_*.npy"))) == 1
+    assert np.array_equal(tsne_2d(x, cache_dir=tmp_path), np.load(next(tmp_path.glob("tsne_*.npy"))))
 
 
-def test_notebook_is_valid_nbformat4_without_outputs():
-    import json
+# -- notebooks --------------------------------------------------------------------------------------
 
-    nb = json.loads((Path(__file__).parent.parent / "analysis" / "paper_figures.ipynb").read_text())
-    assert nb["nbformat"] == 4 and nb["cells"]
-    for cell in nb["cells"]:
-        assert cell["cell_type"] in ("markdown", "code") and isinstance(cell["source"], list)
-        if cell["cell_type"] == "code":
-            assert cell["outputs"] == [] and cell["execution_count"] is None
-            compile("".join(cell["source"]), "<cell>", "exec")
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "analysis").glob("*.ipynb"))
+
+
+def test_notebooks_are_committed_without_outputs():
+    import nbformat
+
+    assert {p.name for p in NOTEBOOKS} >= {"paper_tables.ipynb", "paper_figures.ipynb"}
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, path.name
+                compile(cell.source, f"<{path.name}>", "exec")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_headless(path, tree, tmp_path, monkeypatch):
+    """Execute the notebook with nbclient against the fixture results; a raising cell fails the test."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("SEGDISTILL_RESULTS", str(tree))
+    monkeypatch.setenv("SEGDISTILL_REPORTS", str(tmp_path / "reports"))
+    monkeypatch.setenv("SEGDISTILL_FIGURE_FORMATS", "png")  # PDFs are the command's job (tested above)
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=180, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    shown = {k for o in outputs if o.output_type == "display_data" for k in o.data}
+    assert "text/markdown" in shown if "tables" in path.stem else "image/png" in shown
+    assert any((tmp_path / "reports").rglob("*.md" if "tables" in path.stem else "*.png"))
