@@ -24,11 +24,13 @@ test: setup                       ## the whole suite (unit, trainer, real Ray, e
 test-fast: setup                  ## everything but the Ray and smoke integration tests
 	$(PY) -m pytest -q -m "not ray and not slow"
 
-report: setup
-	$(PY) -m analysis --results results --out reports
+RESULTS ?= results
+REPORTS ?= reports
+report: setup                     ## every table/figure of the paper (and more) from $(RESULTS)/ into $(REPORTS)/
+	$(PY) -m analysis --results $(RESULTS) --out $(REPORTS)
 
 bench: setup                      ## GPU benchmark (run on a GPU machine)
-	$(PY) bench/bench_step.py
+	$(PY) benchmarks/step.py --device cuda
 
 clean:
 	rm -rf $(VENV) .pytest_cache

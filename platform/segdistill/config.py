@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 PIXEL_CORRECTIONS = ("n", "none")
 WEIGHTINGS = ("smooth", "softmax")
+CE_IMPLS = ("literal", "blocked")
 
 
 def known_methods() -> tuple[str, ...]:
@@ -24,6 +25,20 @@ def known_methods() -> tuple[str, ...]:
     from .losses.distillers import METHODS  # lazy: keeps config importable on its own
 
     return ("none", *sorted(METHODS))
+
+
+def known_models() -> tuple[str, ...]:
+    """Every architecture in ``segdistill.models.MODELS`` (lazy import, like :func:`known_methods`)."""
+    from .models import MODELS
+
+    return tuple(sorted(MODELS))
+
+
+def known_datasets() -> tuple[str, ...]:
+    """Every dataset family in ``segdistill.data.DATASETS`` (lazy import)."""
+    from .data import DATASETS
+
+    return tuple(sorted(DATASETS))
 
 
 class ConfigError(ValueError):
@@ -65,6 +80,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "data.name must be a dataset name")
+        known = known_datasets()
+        _check(self.name in known, f"data.name: unknown dataset {self.name!r}; known datasets: {list(known)}")
         _check(2 <= self.num_classes <= 255, f"data.num_classes must be in [2, 255], got {self.num_classes}")
         _check(self.image_size >= 16, f"data.image_size must be >= 16, got {self.image_size}")
         _check(self.crop_size >= 16, f"data.crop_size must be >= 16, got {self.crop_size}")
@@ -89,6 +106,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.arch), "model.arch must be a registered model name")
+        known = known_models()
+        _check(self.arch in known, f"model.arch: unknown model {self.arch!r}; known models: {list(known)}")
         _check(self.output_stride in (4, 8, 16), f"model.output_stride must be 4, 8 or 16, got {self.output_stride}")
 
 
@@ -96,8 +115,10 @@ class ModelConfig:
 class DistillConfig:
     """The distillation method and its hyperparameters (paper Sec. III, supplement Table I).
 
-    ``method``: 'none' (CE only: a baseline student or a teacher), 'kd', 'cwd' or 'hwd'.
-    ``alpha`` weights the method loss in ``CE + alpha * L_distill`` (paper Eq. 8).
+    ``method``: 'none' (CE only: a baseline student or a teacher) or a ``METHODS`` name: 'kd',
+    'cwd', 'hwd' and the comparison methods 'skd', 'ifvd', 'cirkd', 'mgd', 'dist'.
+    ``alpha`` weights the method loss in ``CE + alpha * L_distill`` (paper Eq. 8); the reference
+    recipes use 3 for CWD/HWD and 1 for the others (``segdistill.losses.reference_alpha``).
     HWD: ``tau`` (activation temperature), ``mu``/``sigma`` (Eq. 6), ``beta`` (Eq. 7),
     ``pixel_correction`` 'n' = paper's CD/(N_c+1), 'none' = released code's recipe,
     ``weighting`` 'smooth' = Eq. 7, 'softmax' = Fig. 6's alternative with temperature ``tau_prime``.
@@ -116,8 +137,36 @@ class DistillConfig:
     kd_temperature: float = 1.0
     teacher_arch: str = ""
     teacher_checkpoint: str = ""
+    # Comparison methods (losses/distillers.py; defaults = the reference recipe, NOTES.md). Their
+    # reference ``alpha`` is 1 (``segdistill.losses.reference_alpha``): the terms carry their weights.
+    feature: str = ""  # feature tap of skd/ifvd/cirkd/mgd; '' = the method's reference tap
+    kd_weight: float = 1.0  # pixel-KD term inside skd, ifvd, cirkd
+    pair_pool: int = 2  # max-pool window before skd/cirkd pair-wise similarities
+    skd_pair_weight: float = 10.0
+    adv_g_weight: float = 1e-3  # skd/ifvd: student's adversarial term
+    adv_d_weight: float = 0.1  # skd/ifvd: critic loss weight
+    adv_gp_weight: float = 10.0  # skd/ifvd: WGAN-GP gradient penalty
+    adv_lr: float = 4e-4  # skd/ifvd: critic's Adam learning rate (poly-decayed with the student's)
+    ifvd_weight: float = 20.0
+    cirkd_pair_weight: float = 1.0
+    cirkd_pixel_weight: float = 0.1
+    cirkd_region_weight: float = 0.1
+    cirkd_pair_tau: float = 0.1
+    cirkd_contrast_tau: float = 0.1
+    cirkd_contrast_kd_tau: float = 1.0
+    cirkd_pixel_memory: int = 2000  # entries per class (reference 20000)
+    cirkd_region_memory: int = 200  # entries per class (reference 2000)
+    cirkd_pixel_contrast: int = 256  # sampled per class per step, at most the memory (reference 4096)
+    cirkd_region_contrast: int = 64  # sampled per class per step, at most the memory (reference 1024)
+    cirkd_anchors: int = 1024  # anchor pixels per step, 0 = every valid pixel (reference)
+    cirkd_max_memory_mb: float = 1024.0  # refuse queues larger than this
+    mgd_weight: float = 2e-5
+    mgd_mask_ratio: float = 0.75
+    dist_inter_weight: float = 1.0
+    dist_intra_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        self._check_comparison_methods()
         known = known_methods()
         _check(self.method in known, f"distill.method must be one of {known}, got {self.method!r}")
         for name in ("alpha", "tau", "mu", "sigma", "beta", "tau_prime", "kd_temperature"):
@@ -134,6 +183,33 @@ class DistillConfig:
         if self.method != "none":
             _check(bool(self.teacher_arch), f"distill.method={self.method!r} needs distill.teacher_arch")
             _check(bool(self.teacher_checkpoint), f"distill.method={self.method!r} needs distill.teacher_checkpoint")
+        if self.teacher_arch:
+            models = known_models()
+            _check(self.teacher_arch in models,
+                   f"distill.teacher_arch: unknown model {self.teacher_arch!r}; known models: {list(models)}")
+
+    def _check_comparison_methods(self) -> None:
+        """Ranges of the comparison methods' fields (skd, ifvd, cirkd, mgd, dist)."""
+        from .models.segmentor import FEATURE_NAMES  # lazy: keeps config importable on its own
+
+        _check(self.feature == "" or self.feature in FEATURE_NAMES,
+               f"distill.feature must be '' (the method's reference tap) or one of {FEATURE_NAMES}, got {self.feature!r}")
+        for name in ("kd_weight", "skd_pair_weight", "adv_g_weight", "adv_d_weight", "adv_gp_weight", "ifvd_weight",
+                     "cirkd_pair_weight", "cirkd_pixel_weight", "cirkd_region_weight", "mgd_weight",
+                     "dist_inter_weight", "dist_intra_weight"):
+            value = getattr(self, name)
+            _finite(f"distill.{name}", value)
+            _check(value >= 0, f"distill.{name} must be >= 0, got {value}")
+        for name in ("adv_lr", "cirkd_pair_tau", "cirkd_contrast_tau", "cirkd_contrast_kd_tau", "cirkd_max_memory_mb"):
+            value = getattr(self, name)
+            _finite(f"distill.{name}", value)
+            _check(value > 0, f"distill.{name} must be > 0, got {value}")
+        _check(1 <= self.pair_pool <= 64, f"distill.pair_pool must be in [1, 64], got {self.pair_pool}")
+        for name in ("cirkd_pixel_memory", "cirkd_region_memory", "cirkd_pixel_contrast", "cirkd_region_contrast"):
+            _check(getattr(self, name) >= 1, f"distill.{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.cirkd_anchors >= 0, f"distill.cirkd_anchors must be >= 0 (0 = all valid pixels), got {self.cirkd_anchors}")
+        _finite("distill.mgd_mask_ratio", self.mgd_mask_ratio)
+        _check(0 <= self.mgd_mask_ratio < 1, f"distill.mgd_mask_ratio must be in [0, 1), got {self.mgd_mask_ratio}")
 
 
 @dataclass(frozen=True)
@@ -171,6 +247,11 @@ class RunConfig:
     ``channels_last`` (GPU only), ``compile`` torch.compile the student, ``compile_loss`` torch.compile the full-resolution
     upsample + CE (GPU only; same maths, fused kernels), ``log_every`` iterations
     between per-iteration curve records, ``progress`` show a progress bar.
+    ``ce_impl`` how the full-resolution CE of Eq. (1) is computed: 'literal' (upsample, then CE) or
+    'blocked' (:mod:`segdistill.upsample_ce`: same loss and gradient via separable interpolation
+    matmuls, full-resolution rows a block at a time). ``teacher_cache`` a directory for cached teacher
+    logits, shared by the trials of a study; used when the training augmentation has finitely many
+    outcomes (fixed scale, no random crop) and the method needs only the teacher's logits ('' = off).
     """
 
     seed: int = 0
@@ -187,8 +268,11 @@ class RunConfig:
     progress: bool = True
     embedding_pixels: int = 0
     sample_images: int = 0
+    ce_impl: str = "literal"
+    teacher_cache: str = ""
 
     def __post_init__(self) -> None:
+        _check(self.ce_impl in CE_IMPLS, f"run.ce_impl must be one of {CE_IMPLS}, got {self.ce_impl!r}")
         _check(self.embedding_pixels >= 0 and self.sample_images >= 0, "run.embedding_pixels/sample_images must be >= 0")
         _check(bool(self.out_dir), "run.out_dir must be a directory path")
         _check(self.eval_every >= 0 and self.checkpoint_every >= 0, "run.eval_every/checkpoint_every must be >= 0")

@@ -32,6 +32,9 @@ from .data import build_datasets
 from .losses import build_distiller
 from .metrics import ConfusionMatrix, EvalAccumulators, TDNTDMeter, per_class_rows
 from .models import build_model, count_flops, count_params
+from .models.segmentor import SegOutput
+from .teacher_cache import TeacherLogitCache, open_teacher_cache
+from .upsample_ce import upsampled_cross_entropy
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
@@ -120,10 +123,14 @@ def _seed_everything(seed: int) -> None:
 
 
 class _Seeded(Dataset):
-    """Wraps a dataset so item ``(index, seed)`` is produced with all RNGs seeded by ``seed``."""
+    """Wraps a dataset so item ``(index, seed)`` is produced with all RNGs seeded by ``seed``.
 
-    def __init__(self, inner: Dataset) -> None:
+    With ``variants`` > 0 (a teacher cache is in use) items also carry their cache row,
+    ``index * variants + augmentation outcome``."""
+
+    def __init__(self, inner: Dataset, variants: int = 0) -> None:
         self.inner = inner
+        self.variants = variants
 
     def __len__(self) -> int:
         return len(self.inner)  # type: ignore[arg-type]
@@ -131,6 +138,9 @@ class _Seeded(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
         _seed_everything(seed)
+        if self.variants:
+            image, label, variant = self.inner.item_with_variant(index)  # type: ignore[attr-defined]
+            return image, label, index * self.variants + variant
         return self.inner[index]
 
 
@@ -165,12 +175,40 @@ class _IterationBatches(Sampler):
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a ``.<name>.<pid>.tmp`` sibling, fsync, rename: ``path`` is always either the
+    previous complete file or the new one. A failed write (disk full) removes its temp file; temp
+    files of writers that were killed (their pid is gone) are removed before writing."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = stale.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # torch reports a short write as RuntimeError
+            import shutil
+
+            free = shutil.disk_usage(path.parent).free / 2**20
+            raise OSError(f"writing {path} failed ({type(exc).__name__}: {exc}); {free:.0f} MiB free on its "
+                          f"filesystem - disk full or file-size limit? The previous {path.name}, if any, is "
+                          "intact") from exc
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -220,7 +258,10 @@ def load_teacher(path: str | Path, *, arch: str, num_classes: int, device: torch
         raise ValueError(f"teacher checkpoint {p} holds architecture {t_arch!r}, but distill.teacher_arch is {arch!r}")
     if t_classes != num_classes:
         raise ValueError(f"teacher checkpoint {p} predicts {t_classes} classes, but the dataset has {num_classes}")
-    teacher = build_model(t_arch, t_classes, output_stride=t_os, aux=t_aux)
+    # Distillation only reads the teacher's main logits (and features): no aux head to compute.
+    teacher = build_model(t_arch, t_classes, output_stride=t_os, aux=False)
+    if t_aux:
+        state = {k: v for k, v in state.items() if not k.startswith("aux_head.")}
     teacher.load_state_dict(state, strict=True)
     teacher.eval().requires_grad_(False)
     return teacher.to(device)
@@ -242,26 +283,38 @@ def segmentation_ce(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> 
 
 def distillation_losses(student: nn.Module, teacher: nn.Module | None, distiller: nn.Module | None,
                         images: Tensor, labels: Tensor, *, alpha: float, aux_weight: float,
-                        ignore_index: int = 255, ce: Callable[..., Tensor] = segmentation_ce) -> dict[str, Tensor]:
+                        ignore_index: int = 255, ce: Callable[..., Tensor] = segmentation_ce,
+                        teacher_output: SegOutput | None = None) -> dict[str, Tensor]:
     """Forward passes and the named loss terms of one step (paper Eq. 8 plus the aux head):
 
         loss/total = loss/ce + aux_weight * loss/aux + alpha * loss/distill
 
-    The teacher runs without gradient; the distiller sees the main logits only (1/8 resolution).
-    ``ce`` is :func:`segmentation_ce` or its ``torch.compile`` d form (same maths, fused kernels).
+    The teacher runs without gradient; the distiller sees both networks' main logits (1/8
+    resolution) and named feature dicts; a method with several terms also reports each weighted
+    term as ``loss/distill_<name>`` (their sum is ``loss/distill``). ``ce`` is :func:`segmentation_ce`, its ``torch.compile`` d form or
+    :func:`~segdistill.upsample_ce.upsampled_cross_entropy` (same maths). ``teacher_output``, when
+    given, replaces the teacher's forward (a cohort's shared forward, or cached logits).
     """
-    t_logits = None
-    if teacher is not None:
+    t_logits, t_features = None, None
+    if teacher_output is not None:
+        t_logits, t_features = teacher_output.logits, teacher_output.features
+    elif teacher is not None:
         with torch.no_grad():
-            t_logits = teacher(images).logits  # (B, C, h, w)
+            t_out = teacher(images)
+        t_logits, t_features = t_out.logits, t_out.features  # (B, C, h, w), named feature taps
     out = student(images)
     terms: dict[str, Tensor] = {"loss/ce": ce(out.logits, labels, ignore_index)}
     total = terms["loss/ce"]
     if out.aux is not None and aux_weight > 0:
         terms["loss/aux"] = ce(out.aux, labels, ignore_index)
         total = total + aux_weight * terms["loss/aux"]
-    if distiller is not None and t_logits is not None:
-        terms["loss/distill"] = distiller(out.logits, t_logits, labels, out.features, None)
+    if distiller is not None:
+        if t_logits is None:
+            raise ValueError("a distillation method needs a teacher or a precomputed teacher_output")
+        parts = distiller.terms(out.logits, t_logits, labels, out.features, t_features)  # weighted, named
+        terms["loss/distill"] = torch.stack([v.float() for v in parts.values()]).sum()
+        if len(parts) > 1:
+            terms.update({f"loss/distill_{k}": v for k, v in parts.items()})
         total = total + alpha * terms["loss/distill"]
     terms["loss/total"] = total
     return terms
@@ -281,7 +334,11 @@ def check_finite(terms: dict[str, Tensor], iteration: int) -> None:
 class Trainer:
     """Holds the state of one run; :func:`fit` is the entry point."""
 
-    def __init__(self, cfg: TrainConfig, callbacks: Sequence[object] = ()) -> None:
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[object] = (), *, shared: "Trainer | None" = None,
+                 keep_teacher: bool = False) -> None:
+        """``shared``: another trainer of the same cohort (see :mod:`segdistill.cohort`) whose datasets,
+        teacher and teacher cache this one reuses instead of building its own. ``keep_teacher``: keep
+        the live teacher even when a teacher cache serves this run (a cohort's other members may need it)."""
         self.cfg = cfg
         self.callbacks = list(callbacks)
         self.rank, self.world = _dist_info()
@@ -306,23 +363,40 @@ class Trainer:
         self.memory_format = torch.channels_last if (cfg.run.channels_last and self.device.type == "cuda") else torch.contiguous_format
 
         _seed_everything(_mix_seed(cfg.run.seed, 0))
-        self.train_ds, self.val_ds, self.info = build_datasets(cfg.data)
+        if shared is None:
+            self.train_ds, self.val_ds, self.info = build_datasets(cfg.data)
+        else:
+            self.train_ds, self.val_ds, self.info = shared.train_ds, shared.val_ds, shared.info
         self.num_classes = self.info.num_classes
         self.ignore_index = self.info.ignore_index
 
+        _seed_everything(_mix_seed(cfg.run.seed, 4))  # the student's initialisation
         self.student = build_model(cfg.model.arch, self.num_classes, output_stride=cfg.model.output_stride,
                                    aux=cfg.model.aux, pretrained=cfg.model.pretrained)
         self.student.to(self.device, memory_format=self.memory_format)
         self.teacher: nn.Module | None = None
-        self.distiller = build_distiller(cfg.distill, ignore_index=self.ignore_index)
+        self.teacher_cache: TeacherLogitCache | None = None
+        self.distiller = build_distiller(cfg.distill, ignore_index=self.ignore_index, student=self.student)
         if self.distiller is not None:
-            self.teacher = load_teacher(cfg.distill.teacher_checkpoint, arch=cfg.distill.teacher_arch,
-                                        num_classes=self.num_classes, device=self.device)
-            self.teacher.to(memory_format=self.memory_format)
+            if shared is not None and shared.teacher is not None:
+                self.teacher, self.teacher_cache = shared.teacher, shared.teacher_cache
+            else:
+                self.teacher = load_teacher(cfg.distill.teacher_checkpoint, arch=cfg.distill.teacher_arch,
+                                            num_classes=self.num_classes, device=self.device)
+                self.teacher.to(memory_format=self.memory_format)
+                if cfg.run.teacher_cache and not self.distiller.required_features:
+                    self.teacher_cache = open_teacher_cache(
+                        cfg.run.teacher_cache, data=cfg.data, teacher_file=cfg.distill.teacher_checkpoint,
+                        teacher=self.teacher, train_ds=self.train_ds, device=self.device, amp=self.use_amp,
+                        memory_format=self.memory_format, progress=cfg.run.progress and self.rank == 0)
+                    if self.teacher_cache is not None and shared is None and not keep_teacher:
+                        self.teacher = None  # every input it will see is cached: free it
             self.distiller.to(self.device)
-            feats = set(self.student(torch.zeros(1, 3, 32, 32, device=self.device)).features) if self.distiller.required_features else set()
-            self.distiller.check_features(feats)
-        params = list(self.student.parameters()) + (list(self.distiller.parameters()) if self.distiller is not None else [])
+            # feature taps were checked against the models' declared features when the distiller was built
+            # (a dummy forward here would hit BatchNorm with a batch of 1 in training mode)
+            self.distiller.check_features(frozenset(_unwrap(self.student).feature_channels))
+        # the method's adapters train with the student; an adversarial critic has its own optimiser
+        params = list(self.student.parameters()) + (self.distiller.student_parameters() if self.distiller is not None else [])
         o = cfg.optim
         self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
         self.model: nn.Module = self.student
@@ -332,7 +406,12 @@ class Trainer:
         if cfg.run.compile:
             self.model = torch.compile(self.model)
         # The full-resolution upsample + CE is ~40% of a GPU step; compiled, it fuses (H200: +46% img/s).
-        self.ce = torch.compile(segmentation_ce) if (cfg.run.compile_loss and self.device.type == "cuda") else segmentation_ce
+        if cfg.run.ce_impl == "blocked":
+            self.ce: Callable[..., Tensor] = upsampled_cross_entropy
+        elif cfg.run.compile_loss and self.device.type == "cuda":
+            self.ce = torch.compile(segmentation_ce)
+        else:
+            self.ce = segmentation_ce
 
         self.iteration = 0
         self.best_miou = float("-inf")
@@ -400,17 +479,40 @@ class Trainer:
     def _upsample(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
-    def train_step(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    @property
+    def uses_teacher_cache(self) -> bool:
+        """True when the distillation loss reads cached teacher logits instead of a live teacher."""
+        return self.teacher_cache is not None and self.distiller is not None and not self.distiller.required_features
+
+    def cached_teacher_output(self, keys: Tensor | None) -> SegOutput | None:
+        """The teacher's output for a batch from the cache (rows ``keys``), or None (live teacher)."""
+        if keys is None or not self.uses_teacher_cache:
+            return None
+        assert self.teacher_cache is not None
+        return SegOutput(self.teacher_cache.lookup(keys, self.device), None, {})
+
+    @torch.no_grad()
+    def live_teacher_output(self, images: Tensor) -> SegOutput:
+        """The live teacher's forward under the training autocast (what the step would compute)."""
+        if self.teacher is None:
+            raise RuntimeError("this run has no live teacher")
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            return self.teacher(images)
+
+    def train_step(self, images: Tensor, labels: Tensor, teacher_output: SegOutput | None = None) -> dict[str, Tensor]:
         """One optimisation step under bf16 autocast (GPU); returns the detached loss terms."""
         self.model.train()
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             terms = distillation_losses(self.model, self.teacher, self.distiller, images, labels,
                                         alpha=self.cfg.distill.alpha, aux_weight=self.cfg.optim.aux_weight,
-                                        ignore_index=self.ignore_index, ce=self.ce)
+                                        ignore_index=self.ignore_index, ce=self.ce, teacher_output=teacher_output)
         check_finite(terms, self.iteration)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss/total"].backward()
         self.optimizer.step()
+        if self.distiller is not None:  # e.g. the SKD/IFVD critic's step, on this step's logits
+            lr_scale = self.optimizer.param_groups[0]["lr"] / self.cfg.optim.lr
+            terms.update({f"loss/{k}": v for k, v in self.distiller.after_step(lr_scale).items()})
         return {k: v.detach() for k, v in terms.items()}
 
     # -- evaluation ---------------------------------------------------------------------------
@@ -489,65 +591,96 @@ class Trainer:
     def _loader(self, start: int, end: int) -> DataLoader:
         cfg = self.cfg
         sampler = _IterationBatches(len(self.train_ds), self.rank_batch, cfg.run.seed, start, end, self.rank, self.world)
-        return DataLoader(_Seeded(self.train_ds), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+        variants = self.teacher_cache.variants if self.teacher_cache is not None else 0
+        return DataLoader(_Seeded(self.train_ds, variants), batch_sampler=sampler, num_workers=cfg.data.num_workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=False)
 
+    def batches(self, start: int | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+        """``(images, labels, cache keys or None)`` on the device for iterations ``start``.. (default:
+        from the current iteration) to the end; the same stream for every run with this data config,
+        batch size and seed."""
+        first = self.iteration if start is None else start
+        for batch in self._loader(first, self.cfg.optim.iterations):
+            images = batch[0].to(self.device, non_blocking=True, memory_format=self.memory_format)
+            labels = batch[1].to(self.device, non_blocking=True)
+            yield images, labels, (batch[2] if len(batch) == 3 else None)
+
     def run(self, resume: bool = True) -> FitResult:
+        self.begin(resume)
+        t_data = time.perf_counter()
+        for images, labels, keys in self.batches():
+            teacher_output = self.cached_teacher_output(keys)
+            if self.step(images, labels, teacher_output, extra_seconds=time.perf_counter() - t_data):
+                break
+            t_data = time.perf_counter()
+        return self.end()
+
+    # -- the loop, in pieces a cohort can interleave -------------------------------------------
+    def begin(self, resume: bool = True) -> None:
+        """Load the checkpoint (``resume``) and start the clocks and the progress bar."""
         cfg = self.cfg
         total = cfg.optim.iterations
         state_path = self.ckpt_dir / STATE_FILE
         if resume and state_path.is_file():
             self.load_checkpoint(state_path)
-        eval_every = cfg.run.eval_every or total
-        ckpt_every = cfg.run.checkpoint_every or eval_every
-        stopped_early = False
-        progress = None
+        self._eval_every = cfg.run.eval_every or total
+        self._ckpt_every = cfg.run.checkpoint_every or self._eval_every
+        self._stopped_early = False
+        self._progress = None
         if cfg.run.progress and self.rank == 0 and self.iteration < total:
             from tqdm.auto import tqdm
-            progress = tqdm(total=total, initial=self.iteration, desc=f"{cfg.model.arch} [{cfg.distill.method}]",
-                            unit="it", dynamic_ncols=True, leave=False)
-        run_t0 = self._run_t0 = time.perf_counter()
-        window_t0, window_images = run_t0, 0
-        t_prev = run_t0
-        for images, labels in self._loader(self.iteration, total):
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            labels = labels.to(self.device, non_blocking=True)
-            lr = poly_lr(cfg.optim.lr, self.iteration, total, cfg.optim.power)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            terms = self.train_step(images, labels)
-            self.iteration += 1
-            n_img = cfg.optim.batch_size
-            self.images_seen += n_img
-            window_images += n_img
-            now = time.perf_counter()
-            self.train_time += now - t_prev  # data loading + step, evaluation excluded
-            t_prev = now
-            if self.iteration % cfg.run.log_every == 0 or self.iteration == total:
-                now = time.perf_counter()
-                record = {"iteration": self.iteration, "lr": lr, **{k: float(v) for k, v in terms.items()},
-                          "images_per_s": window_images / max(now - window_t0, 1e-9)}
-                window_t0, window_images = now, 0
-                self.curves.append(record)
-                self._call("on_log", record)
-                if progress is not None:
-                    progress.set_postfix(loss=f"{record['loss/total']:.3f}", lr=f"{lr:.2e}")
-            if progress is not None:
-                progress.update(1)
-            if self.iteration % eval_every == 0 or self.iteration == total:
-                stop = self._evaluate_and_report(self.iteration % ckpt_every == 0 or self.iteration == total)
-                t_prev = window_t0 = time.perf_counter()
-                window_images = 0
-                if stop:
-                    stopped_early = self.iteration < total
-                    break
-        if progress is not None:
-            progress.close()
+            self._progress = tqdm(total=total, initial=self.iteration, desc=f"{cfg.model.arch} [{cfg.distill.method}]",
+                                  unit="it", dynamic_ncols=True, leave=False)
+        self._run_t0 = time.perf_counter()
+        self._window_time, self._window_images = self.train_time, 0
+
+    def step(self, images: Tensor, labels: Tensor, teacher_output: SegOutput | None = None,
+             extra_seconds: float = 0.0) -> bool:
+        """One iteration: learning rate, optimisation step, curve record, evaluation and checkpoint
+        when due. ``extra_seconds`` (data loading, a share of a cohort's teacher forward) is added to
+        the training time. Returns True when the run should stop (finished or stopped by a callback)."""
+        cfg = self.cfg
+        total = cfg.optim.iterations
+        t0 = time.perf_counter()
+        lr = poly_lr(cfg.optim.lr, self.iteration, total, cfg.optim.power)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(_mix_seed(cfg.run.seed, 3, self.iteration, self.rank))  # dropout etc. of this iteration
+        terms = self.train_step(images, labels, teacher_output)
+        self.iteration += 1
+        n_img = cfg.optim.batch_size
+        self.images_seen += n_img
+        self._window_images += n_img
+        if self.iteration % cfg.run.log_every == 0 or self.iteration == total:
+            record = {"iteration": self.iteration, "lr": lr, **{k: float(v) for k, v in terms.items()}}
+            self.train_time += time.perf_counter() - t0 + extra_seconds
+            t0, extra_seconds = time.perf_counter(), 0.0
+            record["images_per_s"] = self._window_images / max(self.train_time - self._window_time, 1e-9)
+            self._window_time, self._window_images = self.train_time, 0
+            self.curves.append(record)
+            self._call("on_log", record)
+            if self._progress is not None:
+                self._progress.set_postfix(loss=f"{record['loss/total']:.3f}", lr=f"{lr:.2e}")
+        self.train_time += time.perf_counter() - t0 + extra_seconds  # evaluation excluded
+        if self._progress is not None:
+            self._progress.update(1)
+        stop = self.iteration >= total
+        if self.iteration % self._eval_every == 0 or self.iteration == total:
+            if self._evaluate_and_report(self.iteration % self._ckpt_every == 0 or self.iteration == total):
+                self._stopped_early = self.iteration < total
+                stop = True
+        return stop
+
+    def end(self) -> FitResult:
+        """Final evaluation if the last iteration had none, the model file, and the result."""
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
         if not self.last_eval or self.last_eval.get("iteration") != self.iteration:
             self._evaluate_and_report(write_checkpoint=True)
-        self.wall_time += time.perf_counter() - run_t0
+        self.wall_time += time.perf_counter() - self._run_t0
         self._run_t0 = 0.0
-        return self._finish(stopped_early)
+        return self._finish(self._stopped_early)
 
     def _evaluate_and_report(self, write_checkpoint: bool) -> bool:
         ev = self.evaluate()

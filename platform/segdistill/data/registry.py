@@ -111,11 +111,34 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``source.load(index)`` with the labels checked: ids must be ``0..C-1`` or ``ignore_index``
+        (anything else would crash the loss far from its cause, or be trained on silently)."""
+        image, label = self.source.load(index)
+        c, ignore = self.info.num_classes, self.info.ignore_index
+        bad = ((label < 0) | (label >= c)) & (label != ignore)
+        if bool(bad.any()):
+            ids = torch.unique(label[bad])[:10].tolist()
+            raise ValueError(f"{self.info.name}: item {index} has label ids {ids} outside the class range "
+                             f"0..{c - 1} (ignore = {ignore}); the labels do not match data.name / data.num_classes")
+        return image, label
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= index < len(self.source):
             raise IndexError(f"index {index} out of range for a dataset of {len(self.source)} items")
-        image, label = self.source.load(index)
+        image, label = self._load(index)
         return self.transform(image, label, generator=self.generator)
+
+    def item_with_variant(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``self[index]`` plus which augmentation outcome it is (0 = as is, 1 = flipped), drawn
+        from the same random numbers; only for a :class:`TrainTransform`."""
+        if not isinstance(self.transform, TrainTransform):
+            raise TypeError("item_with_variant needs a training transform")
+        if not 0 <= index < len(self.source):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self.source)} items")
+        image, label = self._load(index)
+        img, lbl, flipped = self.transform.apply(image, label, generator=self.generator)
+        return img, lbl, int(flipped)
 
 
 def dataset_info(cfg: DataConfig) -> DatasetInfo:

@@ -99,6 +99,12 @@ class TrainTransform:
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        img, lbl, _ = self.apply(image, label, generator)
+        return img, lbl
+
+    def apply(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """:meth:`__call__` that also says whether the pair was flipped (the same random draws)."""
         if image.shape[-2:] != label.shape:
             raise ValueError(f"image {tuple(image.shape)} and label {tuple(label.shape)} sizes differ")
         u = float(torch.rand((), generator=generator))
@@ -111,7 +117,29 @@ class TrainTransform:
         img = img[:, top:top + self.crop_size, left:left + self.crop_size]
         lbl = lbl[top:top + self.crop_size, left:left + self.crop_size]
         do_flip = bool(torch.rand((), generator=generator) < 0.5)
-        if self.flip and do_flip:
+        flipped = self.flip and do_flip
+        if flipped:
+            img, lbl = img.flip(-1), lbl.flip(-1)
+        return img.contiguous(), lbl.contiguous(), flipped
+
+    def variant_count(self, height: int, width: int) -> int | None:
+        """How many distinct outputs an ``height x width`` input can have: 1 or 2 (flip) when the scale
+        is fixed and the scaled image fits in the crop (so the crop offset is always 0); None when the
+        augmentation is unbounded (random scale or random crop position)."""
+        if self.scale_min != self.scale_max:
+            return None
+        if round(height * self.scale_min) > self.crop_size or round(width * self.scale_min) > self.crop_size:
+            return None
+        return 2 if self.flip else 1
+
+    def variant(self, image: torch.Tensor, label: torch.Tensor, flipped: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output :meth:`apply` gives when it draws ``flipped``, for finite augmentation only."""
+        if self.variant_count(*label.shape) is None:
+            raise ValueError("variant() needs a fixed scale and no random crop (see variant_count)")
+        img, lbl = scale_pair(image.to(torch.float32), label.to(torch.int64), self.scale_min)
+        img, lbl = pad_pair(normalize(img), lbl, self.crop_size, self.ignore_index)
+        img, lbl = img[:, :self.crop_size, :self.crop_size], lbl[:self.crop_size, :self.crop_size]
+        if flipped:
             img, lbl = img.flip(-1), lbl.flip(-1)
         return img.contiguous(), lbl.contiguous()
 
