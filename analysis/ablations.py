@@ -168,6 +168,9 @@ def fig6_beta(res: Results, report: Report) -> None:
             b_rows, s_rows = _in_pair(beta_rows, dataset, student), _in_pair(soft_rows, dataset, student)
             b = _points(b_rows, BETA) if BETA in beta_rows else pd.DataFrame()
             s = _points(s_rows, TAU_PRIME) if TAU_PRIME in soft_rows else pd.DataFrame()
+            b, s = (b if len(b) >= 2 else pd.DataFrame()), (s if len(s) >= 2 else pd.DataFrame())
+            if b.empty and s.empty:
+                continue  # a sweep needs at least two settings (one value is not an ablation)
             cwd_rows = _cwd_reference(students, pd.concat([b_rows, s_rows]), dataset, student)
             cwd = _values(cwd_rows)
             f = percent_factor(pd.concat([b.get("mean", pd.Series(dtype=float)), s.get("mean", pd.Series(dtype=float)),
@@ -213,8 +216,8 @@ def fig7_mu(res: Results, report: Report) -> None:
         for dataset, student in _pair_of(mu_rows):
             rows = _in_pair(mu_rows, dataset, student)
             pts = _points(rows, MU)
-            if pts.empty:
-                continue
+            if len(pts) < 2:
+                continue  # a sweep needs at least two settings (one value is not an ablation)
             cwd_rows = _cwd_reference(students, rows, dataset, student)
             cwd = _values(cwd_rows)
             f = percent_factor(pd.concat([pts["mean"], pd.Series(cwd)]))
@@ -236,7 +239,7 @@ def fig7_mu(res: Results, report: Report) -> None:
             report.add("fig7", f"Fig. 7 mu ablation ({dataset}, {student})", paths, pd.concat([rows, cwd_rows]))
             made = True
     if not made:
-        report.skip("fig7", "Fig. 7 mu ablation", "no HWD runs tagged group=mu (or varying distill.mu)")
+        report.skip("fig7", "Fig. 7 mu ablation", "no HWD runs tagged group=mu (or distill.mu taking >= 2 values)")
 
 
 def pixel_correction_table(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -211,7 +211,7 @@ def fig_methods(res: Results, report: Report) -> None:
             if not teacher.empty:
                 ax.axhline(teacher["mean"].max() * f, color=method_colour("teacher"), linestyle=":",
                            label="teacher")
-                ax.legend(loc="lower right")
+                ax.legend(loc="upper left", bbox_to_anchor=(0.0, 0.98))  # above the bars, below the line
             lo = np.nanmin(st["mean"] - st["std"].fillna(0)) * f
             ax.set_ylim(max(0.0, lo - 0.1 * abs(lo) - 1), None)
             ax.set_xticks(x, methods, rotation=45, ha="right")

@@ -23,6 +23,8 @@ from segdistill.study.presets import PAPER_MU, compare_methods_preset, method_ov
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--methods", default=",".join(known_methods()), help="comma-separated; 'none' is the baseline")
+    p.add_argument("--students", default=None, help="comma-separated student architectures (default: the preset's: "
+                   "three families in the demo and paper presets)")
     p.add_argument("--datasets", default=None, help="comma-separated (paper preset: ade20k,cityscapes,cocostuff "
                    "under --data-root/<name>)")
     args = p.parse_args(argv)
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown methods {unknown}; known: {', '.join(known_methods())}")
     datasets = args.datasets.split(",") if args.datasets else [preset.base.data.name]
-    students = pick(preset, preset.students, preset.students[:1])
+    students = args.students.split(",") if args.students else pick(preset, preset.students, preset.students[:1])
     variants = []
     for ds in datasets:
         data = {"data.name": ds} if ds == preset.base.data.name else {

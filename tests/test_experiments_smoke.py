@@ -3,7 +3,9 @@ turns the results into tables and figures (this is the CI run of the scripts).""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +43,44 @@ def test_smoke_preset(script, results):
     assert str(results) in proc.stdout, f"{script} does not say where its results went:\n{tail}"
     trials = read_trials(results)
     assert len(trials) > 0 and set(trials["status"]) <= {"completed", "early_stopped"}, trials[["study", "status"]]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_benchmark_check_smoke(results):
+    """benchmark_check.py (issue 9): baseline, two Optuna sweeps and the distilled arms as studies
+    ``benchmark_check-smoke-*``; alpha/tau of each arm = the best sweep trial in Parquet; the three
+    checks and the cost printed, and a closing JSON line with the same numbers as the Parquet rows."""
+    proc = _run(["experiments/benchmark_check.py", "--preset", "smoke", "--results", str(results), "--quiet"])
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, tail
+    for text in ("(1) teacher - baseline", "(2) baseline seed std", "(3) cwd - baseline", "(3) hwd - baseline",
+                 "chosen cwd: alpha=", "chosen hwd: alpha=", "CPU-min", str(results)):
+        assert text in proc.stdout, f"{text!r} missing:\n{tail}"
+    assert len(re.findall(r"^\(\d\) .*: (?:PASS|FAIL)", proc.stdout, re.M)) == 3, tail  # one verdict per check
+    closing = [line for line in proc.stdout.splitlines() if line.startswith('{"benchmark_check"')]
+    assert closing, tail
+    out = json.loads(closing[-1])["benchmark_check"]
+    trials = read_trials(results)
+    mine = trials[trials["study"].str.startswith("benchmark_check-smoke-")]
+    assert set(mine["study"]) == set(out["studies"].values()) and set(mine["status"]) == {"completed"}
+    students = mine[mine["role"] != "teacher"]
+    baseline = students[students["study"] == out["studies"]["baseline"]]
+    assert set(baseline["run.seed"]) == {0, 1} and set(baseline["distill.method"]) == {"none"}
+    assert out["arms"]["baseline"]["mean"] == pytest.approx(baseline["final_miou"].mean(), abs=1e-6)
+    assert out["checks"]["baseline_std"]["value"] == pytest.approx(baseline["final_miou"].std(), abs=1e-6)
+    teacher = mine[mine["role"] == "teacher"]["final_miou"].iloc[0]
+    assert out["checks"]["teacher_gap"]["value"] == pytest.approx(teacher - baseline["final_miou"].mean(), abs=1e-6)
+    for m in ("cwd", "hwd"):
+        sweep = students[students["study"] == out["studies"][f"sweep_{m}"]]
+        assert len(sweep) == 2 and set(sweep["run.seed"]) == {out["sweep_seed"]} and set(sweep["group"]) == {"search"}
+        best = sweep[sweep["trial_id"] == out["chosen"][m]["trial_id"]].iloc[0]
+        assert best["final_miou"] == sweep["final_miou"].max()
+        arm = students[(students["study"] == out["studies"]["distilled"]) & (students["distill.method"] == m)]
+        assert set(arm["run.seed"]) == {0, 1}
+        assert set(arm["distill.alpha"]) == {best["distill.alpha"]} and set(arm["distill.tau"]) == {best["distill.tau"]}
+        assert out["checks"]["distillation"][m]["pass"] is False  # 2 seeds < the 5 check (3) needs
+    assert out["cpu_min_total"] > 0 and out["checks"]["distillation_pass"] is False
 
 
 @pytest.mark.ray

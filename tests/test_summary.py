@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from segdistill.summary import SINGLE_SEED, format_table, summarize, t_two_sided_p, welch_t_test
+from segdistill.summary import SINGLE_SEED, difference_se, format_table, summarize, t_two_sided_p, welch_t_test
 
 
 def frame(groups: dict[str, list[float]]) -> pd.DataFrame:
@@ -88,3 +88,14 @@ def test_format_table_and_errors():
         summarize(frame({"a": [1.0]}), ["distill.method"], metric="nope")
     with pytest.raises(KeyError, match="group columns"):
         summarize(frame({"a": [1.0]}), ["model.arch"])
+
+
+def test_difference_se_hand_computed():
+    # means 2 and 5; sample variances 1 (n=3) and 8 (n=2): SE = sqrt(1/3 + 8/2)
+    diff, se = difference_se([1.0, 2.0, 3.0], [3.0, 7.0])
+    assert diff == pytest.approx(-3.0) and se == pytest.approx(math.sqrt(1 / 3 + 4.0))
+    t, _, _ = welch_t_test([1.0, 2.0, 3.0], [3.0, 7.0])
+    assert t == pytest.approx(diff / se)  # the SE is Welch's denominator
+    diff, se = difference_se([0.4, float("nan")], [0.1, 0.2])  # NaNs dropped; one value left: no SE
+    assert diff == pytest.approx(0.25) and math.isnan(se)
+    assert all(math.isnan(v) for v in difference_se([], [0.1, 0.2]))

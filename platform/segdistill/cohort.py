@@ -82,8 +82,10 @@ def fit_cohort(cfgs: Sequence[TrainConfig], callbacks: Sequence[Sequence[object]
     for i in order[1:]:
         trainers[i] = Trainer(cfgs[i], cbs[i], shared=leader)
     members = [trainers[i] for i in range(len(cfgs))]
+    t_begin = time.perf_counter()
     for m in members:
         m.begin(resume)
+    own0 = {id(m): m.train_time + m.eval_time for m in members}
     total = cfgs[0].optim.iterations
     active = [m for m in members if m.iteration < total]
     failed: dict[int, BaseException] = {}
@@ -112,4 +114,9 @@ def fit_cohort(cfgs: Sequence[TrainConfig], callbacks: Sequence[Sequence[object]
             if not active:
                 break
             t_data = time.perf_counter()
-    return [failed[id(m)] if id(m) in failed else m.end() for m in members]
+    # Wall time: each member's own training and evaluation time plus an equal share of the rest
+    # (setup, the shared teacher forward is already in train_time), so the members' times sum to
+    # the cohort's and cost accounting over rows stays right.
+    own = {id(m): m.train_time + m.eval_time - own0[id(m)] for m in members}
+    rest = max(0.0, time.perf_counter() - t_begin - sum(own.values())) / len(members)
+    return [failed[id(m)] if id(m) in failed else m.end(wall_seconds=own[id(m)] + rest) for m in members]

@@ -90,6 +90,19 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, 
     return float(t), float(df), t_two_sided_p(float(t), float(df))
 
 
+def difference_se(x: Sequence[float], ref: Sequence[float]) -> tuple[float, float]:
+    """``(mean(x) - mean(ref), sqrt(s_x^2 / n_x + s_ref^2 / n_ref))``: a difference of means and its
+    standard error (sample variances, ddof=1; the denominator of Welch's t). Non-finite values are
+    dropped; the difference is NaN if either sample is empty, the SE NaN unless both have n >= 2."""
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(ref, dtype=np.float64)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    diff = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan
+    return diff, math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+
+
 # -- summaries ------------------------------------------------------------------------------
 
 def _matches(df: pd.DataFrame, values: Mapping[str, Any]) -> pd.Series:
@@ -224,4 +237,5 @@ def format_table(df: pd.DataFrame, *, digits: int = 4, scale: float = 1.0) -> st
     return "\n".join([fmt_row(headers), fmt_row(["-" * w for w in widths]), *(fmt_row(c) for c in lines)])
 
 
-__all__ = ["summarize", "format_table", "compare_samples", "welch_t_test", "t_two_sided_p", "betainc", "SINGLE_SEED"]
+__all__ = ["summarize", "format_table", "compare_samples", "difference_se", "welch_t_test", "t_two_sided_p",
+           "betainc", "SINGLE_SEED"]

@@ -421,6 +421,7 @@ class Trainer:
         self.images_seen = 0
         self.train_time = 0.0  # seconds in training iterations (data + step), summed over resumes
         self.wall_time = 0.0  # seconds of the whole run incl. evaluation, summed over resumes
+        self.eval_time = 0.0  # seconds in evaluation in this process
         self._run_t0 = 0.0  # start of the current (possibly resumed) segment
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -671,19 +672,23 @@ class Trainer:
                 stop = True
         return stop
 
-    def end(self) -> FitResult:
-        """Final evaluation if the last iteration had none, the model file, and the result."""
+    def end(self, wall_seconds: float | None = None) -> FitResult:
+        """Final evaluation if the last iteration had none, the model file, and the result.
+        ``wall_seconds``: this run's share of the wall time since :meth:`begin` when it shared the
+        process with others (a cohort member); default: all of it."""
         if self._progress is not None:
             self._progress.close()
             self._progress = None
         if not self.last_eval or self.last_eval.get("iteration") != self.iteration:
             self._evaluate_and_report(write_checkpoint=True)
-        self.wall_time += time.perf_counter() - self._run_t0
+        self.wall_time += time.perf_counter() - self._run_t0 if wall_seconds is None else wall_seconds
         self._run_t0 = 0.0
         return self._finish(self._stopped_early)
 
     def _evaluate_and_report(self, write_checkpoint: bool) -> bool:
+        t0 = time.perf_counter()
         ev = self.evaluate()
+        self.eval_time += time.perf_counter() - t0
         conf = ev["conf"]
         miou = conf["miou"]
         self.best_miou = max(self.best_miou, miou) if math.isfinite(miou) else self.best_miou
