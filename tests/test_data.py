@@ -337,15 +337,20 @@ def _coco(root: Path, raw: list[int]) -> None:
 
 
 def test_cocostuff_reader(tmp_path: Path) -> None:
-    raw = [0, 11, 12, 90, 91, 181, 182, 255]
+    raw = [0, 11, 12, 90, 91, 181, 255]
     _coco(tmp_path, raw)
     train, val, info = build_datasets(DataConfig(name="cocostuff", root=str(tmp_path), crop_size=16))
     assert info.num_classes == 171 == len(COCOSTUFF_CLASSES) and not info.val_batchable
     assert info.class_names[0] == "person" and info.class_names[79] == "toothbrush" and info.class_names[80] == "banner"
     assert (len(train), len(val)) == (2, 1)
-    # used ids are contiguous (12 -> 11 after the unused 11; 91 -> 80; 181 -> 170); unused ids,
-    # ids past 181 and 255 are ignored
-    assert _band_values(val[0][1], len(raw)) == [0, 255, 11, 255, 80, 170, 255, 255]
+    # used ids are contiguous (12 -> 11 after the unused 11; 91 -> 80; 181 -> 170); unused ids
+    # and 255 are ignored
+    assert _band_values(val[0][1], len(raw)) == [0, 255, 11, 255, 80, 170, 255]
+    # ids past 181 are not in the release (converted or foreign labels): an error naming the file
+    _coco(tmp_path, [0, 182])
+    train, _, _ = build_datasets(DataConfig(name="cocostuff", root=str(tmp_path), crop_size=16))
+    with pytest.raises(ValueError, match=r"000000000009.png holds ids \[182\] outside the allowed raw ids 0..181, 255"):
+        train[0]
 
 
 def test_cocostuff_mapping_is_a_bijection_onto_171_classes() -> None:

@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
+MIN_SCHEMA_VERSION = 1  # oldest version the readers still read (nothing older has a migration)
 META_VERSION = b"segdistill.schema_version"
 META_STUDY = b"segdistill.study"
 META_TABLE = b"segdistill.table"
@@ -345,17 +346,21 @@ def _part_files(root: Path, table: str, study: str | Sequence[str] | None) -> li
 def check_schema(metadata: Mapping[bytes, bytes] | None, path: str | os.PathLike = "<file>") -> int:
     """Return the file's schema version; raise :class:`SchemaVersionError` if missing or unknown."""
     raw = (metadata or {}).get(META_VERSION)
+    readable = f"this segdistill reads results schema versions {MIN_SCHEMA_VERSION}..{SCHEMA_VERSION}"
     if raw is None:
-        raise SchemaVersionError(f"{path}: no {META_VERSION.decode()} metadata; not a segdistill results file")
+        raise SchemaVersionError(f"{path}: no {META_VERSION.decode()} metadata; not a segdistill results file "
+                                 f"(or one written before results carried a schema version); {readable}: "
+                                 "re-run the study, or move the file out of the results directory")
     try:
         version = int(raw.decode())
     except ValueError as exc:
-        raise SchemaVersionError(f"{path}: bad schema version {raw!r}") from exc
+        raise SchemaVersionError(f"{path}: bad schema version {raw!r}; {readable}") from exc
     if version > SCHEMA_VERSION:
-        raise SchemaVersionError(f"{path}: written with results schema version {version}, but this segdistill reads "
-                                 f"versions <= {SCHEMA_VERSION}; upgrade segdistill to read it")
-    if version < 1:
-        raise SchemaVersionError(f"{path}: invalid results schema version {version}")
+        raise SchemaVersionError(f"{path}: written with results schema version {version}, but {readable}; "
+                                 "upgrade segdistill to read it")
+    if version < MIN_SCHEMA_VERSION:
+        raise SchemaVersionError(f"{path}: written with results schema version {version}, older than "
+                                 f"{MIN_SCHEMA_VERSION}: {readable}; re-run the study with this segdistill")
     return version
 
 

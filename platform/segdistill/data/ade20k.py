@@ -34,6 +34,8 @@ ADE20K_CLASSES: tuple[str, ...] = (
     "bulletin board", "shower", "radiator", "glass", "clock", "flag",
 )
 
+# raw label ids the released files hold (255 = void is tolerated); any other id is an error
+RAW_IDS: tuple[int, ...] = (*range(len(ADE20K_CLASSES) + 1), IGNORE_INDEX)
 _SPLITS = {"train": "training", "val": "validation"}
 _LAYOUT = ("ADEChallengeData2016/images/{training,validation}/*.jpg and "
            "ADEChallengeData2016/annotations/{training,validation}/*.png")
@@ -70,6 +72,8 @@ class ADE20K:
     def sources(cfg: DataConfig) -> tuple[FilePairSource, FilePairSource]:
         base = ade20k_base(require_root(cfg, "ADE20K", _LAYOUT))
         lut = make_lut({k: k - 1 for k in range(1, len(ADE20K_CLASSES) + 1)}, IGNORE_INDEX)
-        train = FilePairSource(ade20k_pairs(base, _SPLITS["train"], cfg.max_train_images), lut, "ADE20K")
-        val = FilePairSource(ade20k_pairs(base, _SPLITS["val"], cfg.max_val_images), lut, "ADE20K")
+        train = FilePairSource(ade20k_pairs(base, _SPLITS["train"], cfg.max_train_images), lut, "ADE20K",
+                               raw_ids=RAW_IDS)
+        val = FilePairSource(ade20k_pairs(base, _SPLITS["val"], cfg.max_val_images), lut, "ADE20K",
+                             raw_ids=RAW_IDS)
         return train, val

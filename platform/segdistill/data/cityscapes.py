@@ -26,6 +26,8 @@ CITYSCAPES_ID_TO_TRAINID: dict[int, int] = {
     26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }
 
+# raw label ids the released files hold (255 = void is tolerated); any other id is an error
+RAW_IDS: tuple[int, ...] = (*range(34), IGNORE_INDEX)
 _SPLITS = {"train": "train", "val": "val"}
 _LAYOUT = ("leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and "
            "gtFine/{train,val}/<city>/*_gtFine_labelIds.png")
@@ -56,6 +58,8 @@ class Cityscapes:
     def sources(cfg: DataConfig) -> tuple[FilePairSource, FilePairSource]:
         root = require_root(cfg, "Cityscapes", _LAYOUT)
         lut = make_lut(CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX)
-        train = FilePairSource(cityscapes_pairs(root, _SPLITS["train"], cfg.max_train_images), lut, "Cityscapes")
-        val = FilePairSource(cityscapes_pairs(root, _SPLITS["val"], cfg.max_val_images), lut, "Cityscapes")
+        train = FilePairSource(cityscapes_pairs(root, _SPLITS["train"], cfg.max_train_images), lut, "Cityscapes",
+                               raw_ids=RAW_IDS)
+        val = FilePairSource(cityscapes_pairs(root, _SPLITS["val"], cfg.max_val_images), lut, "Cityscapes",
+                             raw_ids=RAW_IDS)
         return train, val

@@ -3,7 +3,8 @@
 ``<root>/images/{train2017,val2017}/<stem>.jpg`` and ``<root>/annotations/{train2017,val2017}/<stem>.png``
 with raw ids 0..181 (= COCO category id - 1) and 255 for unlabelled. Of the 182 ids, 171 are used:
 80 things (11 of the 91 thing ids have no annotations) and 91 stuff classes. The used ids map to
-0..170 in order; the 11 unused ids, anything above 181 and 255 become ignore (255).
+0..170 in order; the 11 unused ids and 255 become ignore (255). Ids 182..254 do not occur in the
+release: a label file holding one raises ``ValueError`` naming it (converted or foreign labels).
 
 Note (NOTES.md): the reference code averages IoU over all 182 ids; evaluating over the 171 used
 classes (this reader) is the correct protocol. mmseg's converted ``*_labelTrainIds.png`` files are
@@ -53,6 +54,8 @@ COCOSTUFF_ID_TO_TRAINID: dict[int, int] = {
     raw: i for i, raw in enumerate(r for r in range(NUM_RAW_IDS) if r not in COCOSTUFF_UNUSED_IDS)
 }
 
+# raw label ids the released files hold (255 = void is tolerated); any other id is an error
+RAW_IDS: tuple[int, ...] = (*range(NUM_RAW_IDS), IGNORE_INDEX)
 _SPLITS = {"train": "train2017", "val": "val2017"}
 _LAYOUT = "images/{train2017,val2017}/*.jpg and annotations/{train2017,val2017}/*.png (raw ids 0..181)"
 
@@ -78,6 +81,8 @@ class COCOStuff:
     def sources(cfg: DataConfig) -> tuple[FilePairSource, FilePairSource]:
         root = require_root(cfg, "COCO-Stuff", _LAYOUT)
         lut = make_lut(COCOSTUFF_ID_TO_TRAINID, IGNORE_INDEX)
-        train = FilePairSource(cocostuff_pairs(root, _SPLITS["train"], cfg.max_train_images), lut, "COCO-Stuff")
-        val = FilePairSource(cocostuff_pairs(root, _SPLITS["val"], cfg.max_val_images), lut, "COCO-Stuff")
+        train = FilePairSource(cocostuff_pairs(root, _SPLITS["train"], cfg.max_train_images), lut, "COCO-Stuff",
+                               raw_ids=RAW_IDS)
+        val = FilePairSource(cocostuff_pairs(root, _SPLITS["val"], cfg.max_val_images), lut, "COCO-Stuff",
+                             raw_ids=RAW_IDS)
         return train, val

@@ -6,11 +6,12 @@ study's ``trials`` table (``segdistill.results``). ``presets`` and ``cli_args`` 
 ``experiments/*.py`` scripts share.
 """
 
+from .preflight import PreflightError, preflight_spec
 from .spec import Resources, StudySpec, TeacherRecipe, recipe_hash
 from .zoo import TeacherZoo
 
 __all__ = ["Resources", "StudySpec", "TeacherRecipe", "TeacherZoo", "recipe_hash", "run_study",
-           "StudyExistsError", "DashboardMissingError"]
+           "StudyExistsError", "DashboardMissingError", "PreflightError", "preflight_spec"]
 
 
 def __getattr__(name: str):  # Ray is imported only when a study actually runs

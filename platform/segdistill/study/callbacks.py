@@ -13,14 +13,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from ray.tune import Callback
 
 from ..results import part_path, record_from_fit, write_trial
+from .cohort_trial import MEMBERS_KEY, member_configs, member_id
 from .runtime import release_placement_group
-from .trial import CHECKPOINT_DIR, STATE_FILE, TrialContext, trial_config
+from .trial import CHECKPOINT_DIR, STATE_FILE, TrialContext, count_attempts, trial_config
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,16 @@ def _cut_to_reported(state: dict[str, Any], reported: Any) -> dict[str, Any]:
 
 def record_from_state(ctx: TrialContext, config: Mapping[str, Any], trial_id: str, *, status: str,
                       checkpoint_path: str | None = None, last_result: Mapping[str, Any] | None = None,
-                      error: str | None = None) -> None:
-    """Write the Parquet record of a trial that did not return from ``fit``."""
+                      error: str | None = None, extra_tags: Mapping[str, Any] | None = None) -> None:
+    """Write the Parquet record of a trial that did not return from ``fit`` (of each unrecorded
+    member, for a cohort trial); ``extra_tags`` are added to its tags."""
     import torch
+
+    if MEMBERS_KEY in config:
+        for j, member in enumerate(member_configs(config)):
+            record_from_state(ctx, member, member_id(trial_id, j), status=status, error=error,
+                              last_result={k: v for k, v in (last_result or {}).items() if k == "node_id"})
+        return
 
     from ..models import build_model, count_flops, count_params
     from ..train import FitResult
@@ -104,9 +113,36 @@ def record_from_state(ctx: TrialContext, config: Mapping[str, Any], trial_id: st
     )
     if "node_id" in last_result:
         tags["node_id"] = last_result["node_id"]
+    tags["restarts"] = max(0, count_attempts(cfg.run.out_dir) - 1)
+    tags.update(extra_tags or {})
     if error:
         tags["error"] = error[-2000:]
+        reason, failed_at = failure_summary(error)
+        tags["error_reason"] = reason
+        tags["failed_at_iteration"] = failed_at if failed_at is not None else -1
     write_trial(ctx.results_root, record_from_fit(result, study=ctx.study, trial_id=record_id, status=status, tags=tags))
+
+
+_NONFINITE = re.compile(r"NonFiniteLossError: (non-finite loss at iteration (\d+)[^\n]*)")
+_EXC_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)):\s*(.+)$", re.MULTILINE)
+
+
+def failure_summary(error: str) -> tuple[str, int | None]:
+    """(one-line reason, iteration it failed at or None) from a trial's error text (a traceback).
+
+    A diverged trial names the iteration itself (``NonFiniteLossError: non-finite loss at iteration
+    N: {...}``); otherwise the reason is the innermost ``SomeError: message`` line of the traceback.
+    """
+    m = _NONFINITE.search(error)
+    if m:
+        return f"NonFiniteLossError: {m.group(1).strip()}"[:500], int(m.group(2))
+    lines = _EXC_LINE.findall(error)
+    if not lines:
+        tail = error.strip().splitlines()
+        return (tail[-1].strip() if tail else "unknown error")[:500], None
+    name, msg = lines[-1]
+    it = re.search(r"at iteration (\d+)", msg)
+    return f"{name.rsplit('.', 1)[-1]}: {msg.strip()}"[:500], int(it.group(1)) if it else None
 
 
 def _error_text(trial: Any) -> str:
@@ -169,10 +205,13 @@ def reconcile(ctx: TrialContext, result_grid: Any) -> int:
         trial_id = metrics.get("trial_id") or Path(str(res.path)).name
         cfg_dict = dict(res.config or {})
         try:
-            _, _, record_id = trial_config(ctx, cfg_dict, trial_id)
+            if MEMBERS_KEY in cfg_dict:
+                record_ids = [trial_config(ctx, m, member_id(trial_id, j))[2] for j, m in enumerate(member_configs(cfg_dict))]
+            else:
+                record_ids = [trial_config(ctx, cfg_dict, trial_id)[2]]
         except Exception:  # noqa: BLE001
             continue
-        if part_path(ctx.results_root, ctx.study, "trials", record_id).is_file():
+        if all(part_path(ctx.results_root, ctx.study, "trials", r).is_file() for r in record_ids):
             continue
         errored = res.error is not None
         record_from_state(ctx, cfg_dict, trial_id, status=terminal_status(metrics, errored),

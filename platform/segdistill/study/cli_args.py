@@ -69,13 +69,14 @@ def study_name(script: str, preset: Preset) -> str:
 
 def run(spec: StudySpec, args: argparse.Namespace) -> pd.DataFrame:
     """run_study with the script's flags; returns the study's trials table."""
+    from .preflight import PreflightError
     from .runner import StudyExistsError, run_study
 
     t0 = time.time()
     try:
         df = run_study(spec, results_root=args.results, address=args.address, resume=args.resume,
                        overwrite=args.overwrite, zoo=args.zoo, verbose=0 if args.quiet else 1)
-    except StudyExistsError as exc:
+    except (StudyExistsError, PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     df.attrs["wall_time_s"] = time.time() - t0

@@ -24,9 +24,11 @@ from ray import tune
 
 from ..results import read_trials
 from .callbacks import StudyCallback, reconcile
+from .preflight import check_cluster, preflight_spec
 from .runtime import RayInfo, max_concurrent_trials, ray_session
+from .cohort_trial import MEMBERS_KEY, cohorts_apply, plan_cohorts
 from .spec import PENDING_TEACHER, StudySpec
-from .trial import TrialContext, inline_trainable, train_trainable
+from .trial import TrialContext, inline_trainable, train_trainable, trial_config
 from .zoo import RECORD_STUDY, TeacherZoo, ZooEntry
 
 log = logging.getLogger(__name__)
@@ -70,12 +72,18 @@ def choose_shape(spec: StudySpec, info: RayInfo) -> tuple[str, bool]:
 
 def run_study(spec: StudySpec, *, results_root: str | Path = "results", address: str | None = None,
               resume: bool = False, overwrite: bool = False, zoo: str | Path | None = None,
-              verbose: int = 1, dashboard: bool = True, num_cpus: int | None = None) -> pd.DataFrame:
+              verbose: int = 1, dashboard: bool = True, num_cpus: int | None = None,
+              preflight: bool = True) -> pd.DataFrame:
     """Run (or, with ``resume``, continue) ``spec``; returns the study's ``trials`` table.
 
     ``address``: join that Ray cluster instead of starting local Ray. ``zoo``: teacher zoo
     directory (default ``<results>/_zoo``). ``overwrite`` deletes the study's previous results.
+    ``preflight``: check data, teacher checkpoints, the search space and the cluster's resources
+    first (:mod:`segdistill.study.preflight`); a problem raises ``PreflightError`` before any
+    Ray job starts and before anything is overwritten.
     """
+    if preflight:
+        preflight_spec(spec)
     paths = study_paths(results_root, spec.name)
     zoo_ = TeacherZoo(zoo if zoo is not None else paths["root"] / "_zoo")
     has_results = (paths["study"] / "trials").is_dir() and any((paths["study"] / "trials").glob("*.parquet"))
@@ -93,14 +101,22 @@ def run_study(spec: StudySpec, *, results_root: str | Path = "results", address:
     paths["study"].mkdir(parents=True, exist_ok=True)
     with ray_session(address, dashboard=dashboard, num_cpus=num_cpus) as info:
         shape, release = choose_shape(spec, info)
+        if preflight:
+            check_cluster(spec, shape, info.resources)
         variants, entries = ensure_teachers(spec, zoo_, info, shape, verbose=verbose)
         for entry in entries:
             zoo_.copy_record(entry, paths["root"], spec.name)
+        base_flat = spec.base.to_flat()
+        if spec.teacher_cache and not base_flat.get("run.teacher_cache"):
+            base_flat["run.teacher_cache"] = str(zoo_.root / "_logits")
         ctx = TrialContext(study=spec.name, results_root=str(paths["root"]), runs_root=str(paths["runs"]),
-                           storage_path=str(paths["storage"]), base_flat=spec.base.to_flat(), variants=tuple(variants),
+                           storage_path=str(paths["storage"]), base_flat=base_flat, variants=tuple(variants),
                            tags=dict(spec.tags), shape=shape, resources=spec.resources, max_failures=spec.max_failures)
+        cohorts = _cohort_plan(spec, ctx, info, shape) if cohorts_apply(spec, shape) else []
         if spec.search == "optuna":
             param_space: dict[str, Any] = {"variant": 0, "seed": int(spec.seeds[0])}
+        elif cohorts and max(len(c) for c in cohorts) > 1:
+            param_space = {MEMBERS_KEY: tune.grid_search(cohorts)}
         else:
             param_space = {"variant": tune.grid_search(list(range(len(variants)))),
                            "seed": tune.grid_search([int(s) for s in spec.seeds])}
@@ -108,6 +124,14 @@ def run_study(spec: StudySpec, *, results_root: str | Path = "results", address:
                      optuna_path=paths["optuna"], verbose=verbose)
         reconcile(ctx, grid)
     return read_trials(paths["root"], spec.name)
+
+
+def _cohort_plan(spec: StudySpec, ctx: TrialContext, info: RayInfo, shape: str) -> list[list[list[int]]]:
+    """The grid's (variant, seed) pairs grouped into cohorts (see :func:`plan_cohorts`)."""
+    configs = [(i, s, trial_config(ctx, {"variant": i, "seed": s}, "plan")[0])
+               for i in range(len(ctx.variants)) for s in spec.seeds]
+    slots = spec.max_concurrent or max_concurrent_trials(info.resources, spec.resources.per_trial(shape))
+    return plan_cohorts(configs, slots, spec.cohort_size)
 
 
 def _trainable(ctx: TrialContext) -> Any:
@@ -274,8 +298,10 @@ def teachers_only(spec: StudySpec, *, results_root: str | Path = "results", addr
     t0 = time.time()
     paths = study_paths(results_root, spec.name)
     zoo_ = TeacherZoo(zoo if zoo is not None else paths["root"] / "_zoo")
+    preflight_spec(spec)
     with ray_session(address, dashboard=dashboard) as info:
         shape, _ = choose_shape(spec, info)
+        check_cluster(spec, shape, info.resources)
         _, entries = ensure_teachers(spec, zoo_, info, shape, verbose=verbose)
     for entry in entries:
         zoo_.copy_record(entry, paths["root"], spec.name)

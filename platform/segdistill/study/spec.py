@@ -91,6 +91,11 @@ class StudySpec:
     ``on_missing_dashboard``: what to do when Train-backed trials may be stopped but Ray's state API
     (the dashboard) is unavailable: "reap" (the driver releases stopped trials' placement groups
     itself), "inline" (run the trials inline instead) or "error".
+    ``cohort_size``: grid studies without early stopping train up to this many compatible
+    configurations (same data, student, schedule, seed and teacher) in one trial, sharing the data
+    stream and the teacher forward (:mod:`segdistill.study.cohort_trial`); 1 = one trial each.
+    ``teacher_cache``: trials share cached teacher logits (``<zoo>/_logits``) where the augmentation is
+    finite (:mod:`segdistill.teacher_cache`).
     """
 
     name: str
@@ -114,6 +119,8 @@ class StudySpec:
     tags: Mapping[str, Any] = field(default_factory=dict)
     on_missing_dashboard: str = "reap"
     max_failures: int = 0
+    cohort_size: int = 8
+    teacher_cache: bool = True
 
     def __post_init__(self) -> None:
         from ..results import _NAME_RE  # one naming rule for studies and result files
@@ -132,8 +139,17 @@ class StudySpec:
                 raise ConfigError("the optuna `space` function must be defined at module level so it pickles")
         if self.search == "optuna" and len(self.expand_variants()) != 1:
             raise ConfigError("search='optuna' takes one variant (put alternatives in the space function)")
+        if not self.variants:
+            raise ConfigError("StudySpec.variants is empty: the search space has no setting to run; give at least "
+                              "one override dict ({} runs the base config)")
+        for key, values in self.grid.items():
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) == 0:
+                raise ConfigError(f"StudySpec.grid[{key!r}] = {values!r}: the search space is empty along this key; "
+                                  "give a non-empty list of values")
         if self.num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.cohort_size < 1:
+            raise ConfigError(f"cohort_size must be >= 1 (1 = no cohorts), got {self.cohort_size}")
         if not self.seeds:
             raise ConfigError("seeds must name at least one seed")
         if self.asha_grace < 0 or self.asha_reduction < 2:

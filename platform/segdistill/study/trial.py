@@ -34,6 +34,7 @@ from .spec import TAG_PREFIX, Resources
 
 STATE_FILE = "state.pt"
 CHECKPOINT_DIR = "checkpoint"
+ATTEMPTS_FILE = "attempts.jsonl"  # one line per start of a trial (restarts = lines - 1)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,50 @@ def checkpoint_iteration(out_dir: str) -> int:
         return 0
 
 
+def note_attempt(out_dir: str, **info: Any) -> int:
+    """Append this start of the trial to ``out_dir/attempts.jsonl`` (fsynced); returns how many starts
+    came before it, i.e. how often the trial has been restarted (worker or driver failure, resume)."""
+    import json
+    import time
+
+    prior = count_attempts(out_dir)
+    path = Path(out_dir) / ATTEMPTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"time": time.time(), **info}) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return prior
+
+
+def count_attempts(out_dir: str) -> int:
+    """Complete lines of ``out_dir/attempts.jsonl`` (a line torn by a kill does not count)."""
+    import json
+
+    path = Path(out_dir) / ATTEMPTS_FILE
+    if not path.is_file():
+        return 0
+    n = 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            json.loads(line)
+            n += 1
+        except ValueError:
+            pass
+    return n
+
+
+def report_recorded(row: Mapping[str, Any], total: int) -> None:
+    """``tune.report`` a recorded trial's final metrics (its Parquet row), so the scheduler and the
+    searcher (Optuna) see the true final value even when the live report of it was lost."""
+    from ray import tune
+
+    tune.report({"iteration": int(row.get("iterations_done", 0)), "total_iterations": int(total),
+                 "val_miou": float(row.get("final_miou", math.nan)),
+                 "val_pixel_acc": float(row.get("pixel_acc", math.nan)),
+                 "best_miou": float(row.get("best_miou", math.nan))})
+
+
 def write_result(ctx: TrialContext, result: Any, record_id: str, tags: Mapping[str, Any]) -> None:
     write_trial(ctx.results_root, record_from_fit(result, study=ctx.study, trial_id=record_id, tags=dict(tags)))
 
@@ -141,6 +186,7 @@ class _TuneReporter:
     def __init__(self, total: int, extra: Mapping[str, Any]) -> None:
         self.total = total
         self.extra = dict(extra)
+        self.last_reported = -1
 
     def on_eval(self, event: Any) -> None:
         from ray import tune
@@ -148,30 +194,54 @@ class _TuneReporter:
         metrics = {**report_metrics(event.iteration, event.metrics, self.total), **self.extra}
         ckpt = tune.Checkpoint.from_directory(event.checkpoint_dir) if event.checkpoint_dir else None
         tune.report(metrics, checkpoint=ckpt)
+        self.last_reported = int(event.iteration)
+
+    def report_final(self, result: Any) -> None:
+        """Report ``result``'s final evaluation if this process has not: a trial resumed from a
+        checkpoint written at its last evaluation (the process died between writing it and
+        reporting it) evaluates nothing more, and Tune would otherwise complete it with the
+        previous evaluation's value (the Optuna "penultimate value" gap)."""
+        from ray import tune
+
+        if not result.evals or self.last_reported == int(result.iterations_done):
+            return
+        tune.report({**report_metrics(result.iterations_done, result.evals[-1], self.total), **self.extra})
+        self.last_reported = int(result.iterations_done)
 
 
 def inline_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
-    """Tune function trainable: ``fit`` in this process."""
+    """Tune function trainable: ``fit`` in this process (a cohort of configurations when the config
+    holds ``members``, see :mod:`segdistill.study.cohort_trial`)."""
     import ray
     from ray import tune
 
     from ..train import fit
+    from .cohort_trial import MEMBERS_KEY, cohort_trainable
+
+    if MEMBERS_KEY in config:
+        return cohort_trainable(config, ctx)
 
     trial_id = tune.get_context().get_trial_id()
     cfg, tags, record_id = trial_config(ctx, config, trial_id)
     node = ray.get_runtime_context().get_node_id()
     tags["node_id"] = node
-    if finished_record(ctx, record_id) is not None:
-        # Finished (and recorded) before the driver's last experiment snapshot: do not train again.
-        # Nothing is reported: the searcher (Optuna) already has this trial's final value.
+    done = finished_record(ctx, record_id)
+    if done is not None:
+        # Finished (and recorded) after the driver's last experiment snapshot: do not train again,
+        # but report the recorded final value (Tune's restored last result may be an earlier one).
+        report_recorded(done, cfg.optim.iterations)
         return
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             restore_checkpoint(d, cfg.run.out_dir)
     tags["resumed_from_iteration"] = checkpoint_iteration(cfg.run.out_dir)
-    result = fit(cfg, [_TuneReporter(cfg.optim.iterations, {"node_id": node})], resume=True)
+    tags["restarts"] = note_attempt(cfg.run.out_dir, pid=os.getpid(), node_id=node, rank=0,
+                                    start_iteration=tags["resumed_from_iteration"])
+    reporter = _TuneReporter(cfg.optim.iterations, {"node_id": node})
+    result = fit(cfg, [reporter], resume=True)
     write_result(ctx, result, record_id, tags)
+    reporter.report_final(result)
 
 
 # -- train shape -----------------------------------------------------------------------------
@@ -217,6 +287,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         dist.barrier()
     tags["resumed_from_iteration"] = checkpoint_iteration(cfg.run.out_dir)
     node = ray.get_runtime_context().get_node_id()
+    if rank == 0:
+        tags["restarts"] = note_attempt(cfg.run.out_dir, pid=os.getpid(), node_id=node, rank=rank,
+                                        start_iteration=tags["resumed_from_iteration"])
     extra = {"pg_id": current_placement_group_hex(), "node_id": node, "world_size": tctx.get_world_size()}
     result = fit(cfg, [_TrainReporter(cfg.optim.iterations, extra)], resume=True)
     if rank == 0:
@@ -233,7 +306,9 @@ def train_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     cfg, _, record_id = trial_config(ctx, config, trial_id)
-    if finished_record(ctx, record_id) is not None:  # see inline_trainable
+    done = finished_record(ctx, record_id)
+    if done is not None:  # see inline_trainable
+        report_recorded(done, cfg.optim.iterations)
         return
     r = ctx.resources
     per_worker = {"CPU": r.cpus, **({"GPU": r.gpus} if r.gpus else {})}
@@ -255,7 +330,4 @@ def train_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     # recorded final metrics once more so the scheduler and Optuna see the true final value.
     done = finished_record(ctx, record_id)
     if done is not None:
-        tune.report({"iteration": int(done.get("iterations_done", 0)), "total_iterations": cfg.optim.iterations,
-                     "val_miou": float(done.get("final_miou", math.nan)),
-                     "val_pixel_acc": float(done.get("pixel_acc", math.nan)),
-                     "best_miou": float(done.get("best_miou", math.nan))})
+        report_recorded(done, cfg.optim.iterations)
