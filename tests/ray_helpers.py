@@ -7,7 +7,6 @@ Also runnable as a script (the driver the resume test starts and SIGKILLs)::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -124,36 +123,4 @@ def _wait_for_nodes(address: str, n: int, timeout_s: float) -> None:
     raise TimeoutError(f"{n} Ray nodes did not come up at {address} within {timeout_s} s")
 
 
-def parquet_files(results: Path, study: str, table: str = "trials") -> list[Path]:
-    return sorted((results / study / table).glob("*.parquet"))
-
-
-# -- the killable driver --------------------------------------------------------------------------
-RESUME_STUDY = "resume_test"
-
-
-def resume_spec() -> StudySpec:
-    return search_spec(RESUME_STUDY, samples=4, shape="inline", scheduler="none", iterations=200, eval_every=20,
-                       max_concurrent=2)
-
-
-def _main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["resume-driver"])
-    p.add_argument("--results", required=True)
-    p.add_argument("--address", default=None)
-    p.add_argument("--resume", action="store_true")
-    args = p.parse_args(argv)
-    from segdistill.study import run_study
-
-    df = run_study(resume_spec(), results_root=args.results, address=args.address, resume=args.resume, verbose=0)
-    print("TRIALS", len(df))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
-
-
-__all__ = ["tiny_base", "search_spec", "two_node_cluster", "ray_stop", "parquet_files", "resume_spec",
-           "RESUME_STUDY", "TINY_TEACHER", "REPO", "shutil"]
+__all__ = ["tiny_base", "search_spec", "two_node_cluster", "ray_stop", "TINY_TEACHER", "REPO", "shutil"]

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ray_helpers import TINY_TEACHER, ray_stop, tiny_base  # noqa: E402
+from ray_helpers import TINY_TEACHER, tiny_base  # noqa: E402
 
 from segdistill.config import TrainConfig  # noqa: E402
 from segdistill.study import StudySpec  # noqa: E402
@@ -30,17 +30,8 @@ def test_plan_cohorts_groups_compatible_configs_and_keeps_slots_busy(tmp_path):
     assert all(len(c) == 1 for c in plan_cohorts(configs, slots=10, max_size=8))
 
 
-@pytest.fixture
-def ray_cleanup():
-    yield
-    import ray
-
-    ray.shutdown()
-    ray_stop()
-
-
 @pytest.mark.ray
-def test_cohort_study_equals_one_trial_per_config_and_isolates_a_diverging_member(tmp_path, ray_cleanup):
+def test_cohort_study_equals_one_trial_per_config_and_isolates_a_diverging_member(tmp_path, local_ray_cleanup):
     from segdistill.study import run_study
 
     base = tiny_base(6, 3).replace(**{"data.scale_min": 1.0, "data.scale_max": 1.0})  # finite: teacher cache
