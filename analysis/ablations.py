@@ -98,6 +98,15 @@ def _in_pair(df: pd.DataFrame, dataset: str, student: str) -> pd.DataFrame:
     return df[(col(df, DATASET, "").astype(str) == dataset) & (col(df, STUDENT, "").astype(str) == student)]
 
 
+def _one_study(df: pd.DataFrame, x: str) -> pd.DataFrame:
+    """The rows of the single study that varies ``x`` the most (then: has the most rows): a sweep is
+    never pooled from studies run with other schedules or settings."""
+    if df.empty or "study" not in df or df["study"].nunique() <= 1:
+        return df
+    best = max(df.groupby("study"), key=lambda kv: (kv[1][x].nunique() if x in kv[1] else 0, len(kv[1])))[0]
+    return df[df["study"] == best]
+
+
 def _cwd_reference(students: pd.DataFrame, sweep: pd.DataFrame, dataset: str, student: str) -> pd.DataFrame:
     """The CWD runs (group "cwd_ref", else any CWD) of the sweep's own studies for (dataset, student)."""
     cwd = by_group(students, "cwd_ref", col(students, METHOD, "") == "cwd")
@@ -165,7 +174,8 @@ def fig6_beta(res: Results, report: Report) -> None:
         beta_rows = by_group(students, "beta", hwd & (col(students, WEIGHTING, "") == "smooth") & (col(students, MU) == 0))
         soft_rows = by_group(students, "softmax", hwd & (col(students, WEIGHTING, "") == "softmax"))
         for dataset, student in sorted(set(_pair_of(beta_rows)) | set(_pair_of(soft_rows))):
-            b_rows, s_rows = _in_pair(beta_rows, dataset, student), _in_pair(soft_rows, dataset, student)
+            b_rows = _one_study(_in_pair(beta_rows, dataset, student), BETA)
+            s_rows = _one_study(_in_pair(soft_rows, dataset, student), TAU_PRIME)
             b = _points(b_rows, BETA) if BETA in beta_rows else pd.DataFrame()
             s = _points(s_rows, TAU_PRIME) if TAU_PRIME in soft_rows else pd.DataFrame()
             b, s = (b if len(b) >= 2 else pd.DataFrame()), (s if len(s) >= 2 else pd.DataFrame())
@@ -212,9 +222,10 @@ def fig7_mu(res: Results, report: Report) -> None:
     if not students.empty and MU in students:
         hwd = col(students, METHOD, "") == "hwd"
         mu_rows = by_group(students, "mu", hwd & (col(students, WEIGHTING, "") == "smooth")
+                           & (col(students, PIXEL, "n") == "n")
                            & np.isclose(pd.to_numeric(col(students, BETA), errors="coerce"), 0.1))
         for dataset, student in _pair_of(mu_rows):
-            rows = _in_pair(mu_rows, dataset, student)
+            rows = _one_study(_in_pair(mu_rows, dataset, student), MU)
             pts = _points(rows, MU)
             if len(pts) < 2:
                 continue  # a sweep needs at least two settings (one value is not an ablation)

@@ -6,7 +6,7 @@
 - ``demo`` (default): the synthetic benchmark at its designed size (128x128, 24 classes; label
   ceiling 0.99 at output stride 8), flip-only augmentation (teacher logits cached, grid ablations
   trained as cohorts), tiny students (200 iterations) distilled from a tiny R101
-  teacher (400 iterations, trained once into the zoo), 2 seeds (``--seeds N`` for more) so every
+  teacher (300 iterations, trained once into the zoo), 2 seeds (``--seeds N`` for more) so every
   setting is reported as mean +/- std and differences are tested against seed noise.
   Inline trials, one CPU each (a quarter GPU each when a GPU is present).
 - ``paper``: the paper's recipe (supplement Sec. III): a real dataset under ``--data-root``,
@@ -110,7 +110,7 @@ def _demo() -> Preset:
     })
     # Measured on 2 CPU cores: at 600 iterations this teacher reached 0.40 mIoU and 250-iteration CWD
     # students 0.22, so distillation has something to transfer. It trains once, with several threads.
-    teacher = TeacherRecipe("deeplabv3_tiny_r101", {"optim.iterations": 400, "run.eval_every": 200,
+    teacher = TeacherRecipe("deeplabv3_tiny_r101", {"optim.iterations": 300, "run.eval_every": 150,
                                                     "run.threads": 0 if gpu else min(4, os.cpu_count() or 1)})
     res = Resources(cpus=1, gpus=0.25 if gpu else 0.0)
     return Preset("demo", base, teacher, (0, 1), "inline", res,
