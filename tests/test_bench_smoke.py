@@ -47,6 +47,37 @@ def test_cohort_benchmark_cpu_smoke():
     assert res["max_final_loss_diff_vs_separate"] < 1e-4  # the cohort trains what separate runs train
 
 
+
+def _run_script(script: str, tmp_path: Path) -> str:
+    proc = subprocess.run(["bash", script], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "SMOKE": "1", "PY": sys.executable, "OUT": str(tmp_path / "out")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_gpu_cohort_repeat_script_smoke(tmp_path):
+    """benchmarks/gpu_cohort_repeat.sh (SMOKE=1 on the CPU): both passes finish, each prints the
+    per-mode final-loss differences, and on the CPU every mode repeats the separate run."""
+    out = _run_script("benchmarks/gpu_cohort_repeat.sh", tmp_path)
+    assert "default rc=0" in out and "deterministic rc=0" in out, out[-2000:]
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(results) == 2
+    for res in results:
+        diffs = {k: v for k, v in res.items() if k.startswith("final_loss_diff_")}
+        assert {"final_loss_diff_separate2_vs_separate", "final_loss_diff_cohort_vs_separate"} <= set(diffs)
+        assert max(diffs.values()) < 1e-4, diffs
+
+
+def test_gpu_check_script_smoke(tmp_path):
+    """benchmarks/gpu_check.sh (SMOKE=1 on the CPU): every section exits 0 and leaves its output."""
+    out = _run_script("benchmarks/gpu_check.sh", tmp_path)
+    for section in ("ce check", "step", "cohort", "loader synthetic", "loader ade20k"):
+        assert f"{section} rc=0" in out, out[-2000:]
+    ce = json.loads((tmp_path / "out" / "ce_check.json").read_text())
+    assert ce["blocked_loss_err"] < 1e-3 and ce["blocked_grad_max_rel_err"] < 2e-2, ce
+    assert json.loads((tmp_path / "out" / "step.txt").read_text().splitlines()[-1])["images_per_s"] > 0
+
+
 def test_data_diagnostics_cli_smoke():
     """`python -m segdistill.data.diagnostics` on a tiny synthetic set (its smoke settings)."""
     res = run_json(["-m", "segdistill.data.diagnostics", "--image-size", "48", "--train-images", "8",

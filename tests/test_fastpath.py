@@ -15,7 +15,7 @@ from segdistill.cohort import check_cohort, cohort_signature, fit_cohort
 from segdistill.config import TrainConfig
 from segdistill.data import build_datasets
 from segdistill.teacher_cache import augmentation_variants
-from segdistill.train import Trainer, fit, segmentation_ce
+from segdistill.train import Trainer, configure_gpu_backends, fit, segmentation_ce
 from segdistill.upsample_ce import interp_matrix, upsampled_cross_entropy
 
 TEACHER = "deeplabv3_tiny_r101"
@@ -177,6 +177,29 @@ def test_cohort_rejects_mismatched_members(tmp_path, teacher_file):
         check_cohort([a, distilled(tmp_path / "b", teacher_file, **{"data.num_classes": 7})])
     with pytest.raises(ValueError, match="run.seed"):
         check_cohort([a, distilled(tmp_path / "b", teacher_file, **{"run.seed": 1})])
+    with pytest.raises(ValueError, match="run.deterministic"):  # process-wide GPU flags: one setting per cohort
+        check_cohort([a, distilled(tmp_path / "b", teacher_file, **{"run.deterministic": True})])
     with pytest.raises(ValueError, match="distinct run.out_dir"):
         check_cohort([a, a])
     assert cohort_signature(a) == cohort_signature(distilled(tmp_path / "c", teacher_file, **{"distill.beta": 0.9}))
+
+
+def test_gpu_backends_deterministic_switch(monkeypatch):
+    """run.deterministic's process-wide flags (set by the trainer on CUDA; the flags themselves can be
+    set without a GPU): deterministic kernels and no autotuning, and back."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        configure_gpu_backends(deterministic=True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        import os
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        configure_gpu_backends(deterministic=False)
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert TrainConfig.from_flat({"run.deterministic": True}).run.deterministic is True
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])

@@ -252,6 +252,8 @@ class RunConfig:
     matmuls, full-resolution rows a block at a time). ``teacher_cache`` a directory for cached teacher
     logits, shared by the trials of a study; used when the training augmentation has finitely many
     outcomes (fixed scale, no random crop) and the method needs only the teacher's logits ('' = off).
+    ``deterministic`` (GPU) trade speed for run-to-run repeatability: cuDNN autotuning off, deterministic
+    cuDNN/cuBLAS kernels where they exist (ops without one, such as bilinear upsampling's backward, warn).
     """
 
     seed: int = 0
@@ -270,6 +272,7 @@ class RunConfig:
     sample_images: int = 0
     ce_impl: str = "literal"
     teacher_cache: str = ""
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         _check(self.ce_impl in CE_IMPLS, f"run.ce_impl must be one of {CE_IMPLS}, got {self.ce_impl!r}")

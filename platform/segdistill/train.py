@@ -331,6 +331,19 @@ def check_finite(terms: dict[str, Tensor], iteration: int) -> None:
 # --------------------------------------------------------------------------------------------
 # The trainer
 # --------------------------------------------------------------------------------------------
+def configure_gpu_backends(*, deterministic: bool) -> None:
+    """Process-wide CUDA settings for a run: TF32 matmuls, and either cuDNN autotuning (fast; runs
+    differ in the last bits, which training amplifies) or deterministic kernels (``run.deterministic``:
+    runs repeat bit for bit, about 3x slower on an H100; ops with no deterministic kernel warn)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:  # cuBLAS reads this when its first handle is made
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
 class Trainer:
     """Holds the state of one run; :func:`fit` is the entry point."""
 
@@ -348,9 +361,7 @@ class Trainer:
         if self.device.type == "cuda":
             if self.device.index is not None:
                 torch.cuda.set_device(self.device)
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            configure_gpu_backends(deterministic=cfg.run.deterministic)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         if cfg.optim.batch_size % self.world or cfg.optim.batch_size // self.world < 2:
