@@ -14,6 +14,10 @@
   dashboard agent gRPC and runtime-env agent; offsets 100.. are the worker-process ports. All blocks stay
   below the kernel's ephemeral range (``ip_local_port_range``), so random ports never hit them. Flags
   that the command already sets are left alone; ``RAY_NODE_SLOT`` forces a slot.
+* token authentication (Ray's ``RAY_AUTH_MODE=token``): the head creates the shared token file
+  ``$RAY_AUTH_TOKEN_PATH`` (64 hex characters, mode 0600) when it does not exist yet, and workers wait
+  for it (bounded by ``SEGDISTILL_RAY_START_TIMEOUT``) before joining. Every process started in the
+  container, drivers included, reads the same file; clients outside set the same two variables.
 * ``--healthcheck``: exit 0 when the Ray node started here is serving (always 0 when no Ray node was
   started by this entrypoint, e.g. ``docker run IMAGE python ...``).
 * anything else is exec'd unchanged.
@@ -27,6 +31,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -169,6 +174,49 @@ def check_shared_dirs() -> None:
                 "APP_UID=$(id -u).")
 
 
+def token_auth() -> bool:
+    return os.environ.get("RAY_AUTH_MODE", "disabled").strip().lower() == "token"
+
+
+def read_token() -> str:
+    """The cluster's token in token mode ('' otherwise, or while the file does not exist yet)."""
+    if not token_auth():
+        return ""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
+    try:
+        return Path(path).read_text().strip() if path else ""
+    except OSError:
+        return ""
+
+
+def prepare_token(head: bool, timeout: float) -> bool:
+    """Token mode: the head writes ``$RAY_AUTH_TOKEN_PATH`` once (a new cluster keeps an existing
+    token, so clients configured earlier keep working); a worker waits until it can read it."""
+    if not token_auth() or os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
+    if not path:
+        log("ERROR: RAY_AUTH_MODE=token needs RAY_AUTH_TOKEN_PATH (a file on the shared volume) or RAY_AUTH_TOKEN")
+        return False
+    if head and not read_token():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        os.replace(tmp, path)  # atomic: a worker never reads half a token
+        log(f"token authentication: wrote a new cluster token to {path}")
+    deadline = time.monotonic() + timeout
+    while not read_token():
+        if time.monotonic() > deadline:
+            log(f"ERROR: RAY_AUTH_MODE=token but no token in {path} after {timeout:.0f} s (is the head up?)")
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def run_ray_start(argv: list[str]) -> int:
     head = "--head" in argv
     base = _env_int("RAY_PORT_BASE", 20000)
@@ -186,6 +234,8 @@ def run_ray_start(argv: list[str]) -> int:
             f"{n_slots} slots below the ephemeral range); lower RAY_PORT_BLOCK or run fewer workers.")
         return 2
     check_shared_dirs()
+    if not prepare_token(head, timeout=_env_int("SEGDISTILL_RAY_START_TIMEOUT", 180)):
+        return 2
 
     proc: subprocess.Popen | None = None
     stopping: list[float] = []  # monotonic time of the first SIGTERM/SIGINT
@@ -272,8 +322,10 @@ def healthcheck() -> int:
         if not _connectable(state["gcs_port"]):
             problems.append(f"GCS port {state['gcs_port']} not accepting connections")
         url = f"http://127.0.0.1:{state['dashboard_port']}/api/gcs_healthz"
+        token = read_token()
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 (fixed local URL)
+            with urllib.request.urlopen(request, timeout=5) as r:  # noqa: S310 (fixed local URL)
                 if r.status != 200:
                     problems.append(f"dashboard {url} -> HTTP {r.status}")
         except OSError as e:

@@ -110,17 +110,19 @@ def two_node_cluster(cpus_per_node: int = 1, memory_gb: float = 4.0, object_stor
         ray_stop()
 
 
-def _wait_for_nodes(address: str, n: int, timeout_s: float) -> None:
+def _wait_for_nodes(address: str, n: int, timeout_s: float, env: dict[str, str] | None = None) -> None:
     code = ("import ray,sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
             "print(sum(1 for x in ray.nodes() if x['Alive'])); ray.shutdown()")
     deadline = time.monotonic() + timeout_s
+    last = ""
     while time.monotonic() < deadline:
-        out = subprocess.run([sys.executable, "-c", code, address], env=ray_env(), capture_output=True, text=True,
-                             timeout=120)
+        out = subprocess.run([sys.executable, "-c", code, address], env=env or ray_env(), capture_output=True,
+                             text=True, timeout=120)
         if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(n)]:
             return
+        last = (out.stdout.strip().splitlines() or [""])[-1] if out.returncode == 0 else out.stderr.strip()[-600:]
         time.sleep(2)
-    raise TimeoutError(f"{n} Ray nodes did not come up at {address} within {timeout_s} s")
+    raise TimeoutError(f"{n} Ray nodes did not come up at {address} within {timeout_s} s (last answer: {last})")
 
 
 __all__ = ["tiny_base", "search_spec", "two_node_cluster", "ray_stop", "TINY_TEACHER", "REPO", "shutil"]

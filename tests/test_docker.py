@@ -238,6 +238,9 @@ def test_compose_shared_volumes_and_storage(compose):
         env = services[name].get("environment", {})
         assert str(env.get("RAY_STORAGE", "")).startswith("/shared/")
         assert services[name].get("shm_size"), f"{name} needs shm_size for the object store"
+        # token mode: one token file on the volume every node (and `compose exec`) shares
+        assert str(env.get("RAY_AUTH_TOKEN_PATH", "")).startswith("/shared/"), env
+        assert str(env.get("RAY_AUTH_MODE")) in ("${RAY_AUTH_MODE:-disabled}", "disabled", "token"), env
     first = next(iter(mounts.values()))
     for name, vols in mounts.items():
         for target in SHARED_TARGETS:
@@ -607,6 +610,29 @@ def test_inject_port_flags_keeps_explicit_flags_and_block_last():
     assert ep.flag_value(["--port", "6380"], "--port") == "6380"
 
 
+def test_token_head_writes_private_token_once_and_workers_wait(tmp_path, monkeypatch):
+    ep = _entrypoint_module()
+    token = tmp_path / "shared" / "token"
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert ep.prepare_token(head=True, timeout=1) and not token.exists()  # nothing to do without token mode
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    assert not ep.prepare_token(head=True, timeout=1)  # token mode needs a place for the token
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    t0 = time.monotonic()
+    assert not ep.prepare_token(head=False, timeout=1.0)  # a worker before the head: bounded wait, then no
+    assert 0.9 < time.monotonic() - t0 < 10
+    assert ep.prepare_token(head=True, timeout=1)
+    first = token.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", first) and token.stat().st_mode & 0o777 == 0o600
+    assert ep.prepare_token(head=True, timeout=1) and token.read_text() == first  # a restarted head keeps it
+    assert ep.prepare_token(head=False, timeout=1) and ep.read_token() == first
+    assert not list(token.parent.glob("*.tmp"))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "given-by-env")  # Ray's own precedence: the variable wins
+    assert ep.read_token() == "given-by-env"
+
+
 def test_healthcheck_is_noop_without_ray_node(tmp_path):
     env = {**os.environ, "SEGDISTILL_RAY_STATE": str(tmp_path / "absent.json")}
     r = subprocess.run([sys.executable, str(ENTRYPOINT), "--healthcheck"], env=env, timeout=30)
@@ -624,17 +650,16 @@ def _free_port_base(ep, slots: int, block: int = 500) -> int:
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("SEGDISTILL_TOPOLOGY_TEST") != "1",
-                    reason="opt-in (SEGDISTILL_TOPOLOGY_TEST=1): in two clean-clone CI runs the workers' join "
-                           "failed with Ray's InvalidAuthToken against the head; passes when run alone")
 def test_compose_topology_on_loopback_runs_smoke_study():
     """What docker-compose.yml runs, minus Docker: the head and two workers, each a `ray start` started
-    through the image's entrypoint (port slots, lock, health check) on loopback; the head advertises
-    no CPUs and each worker one, i.e. this machine's two cores. The smoke study of
+    through the image's entrypoint (port slots, lock, token, health check) on loopback; the head
+    advertises no CPUs and each worker one, i.e. this machine's two cores. The cluster runs with
+    token authentication (compose's RAY_AUTH_MODE=token): the head writes the shared token, the
+    workers join with it, a client without it is refused. The smoke study of
     experiments/ablation_beta.py then runs through `--address`, as in the README, and its trials
     must land in Parquet, computed on both workers."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from ray_helpers import _wait_for_nodes, free_port, ray_env
+    from ray_helpers import _wait_for_nodes, ray_env
 
     from segdistill.results import read_trials
 
@@ -643,11 +668,21 @@ def test_compose_topology_on_loopback_runs_smoke_study():
     tmp = Path(tempfile.mkdtemp(prefix="sdray", dir="/tmp"))
     results = tmp / "results"
     ray_bin = Path(sys.executable).parent / "ray"
-    gcs, dash, client = free_port(), free_port(), free_port()
+    base = _free_port_base(ep, 3)
+    # The head's fixed ports (compose: 6379, 8265, 10001) go in the unused offsets 10-12 of the head's
+    # port block: below the ephemeral range, so no process on the machine can be handed them by
+    # the kernel meanwhile (gRPC servers bind with SO_REUSEPORT), and checked free like the block.
+    gcs, dash, client = base + 10, base + 11, base + 12
+    if any(ep.port_in_use(p) for p in (gcs, dash, client)):
+        pytest.skip(f"ports {gcs}-{client} are taken on this machine")
     env = {**ray_env(), "PATH": f"{ray_bin.parent}{os.pathsep}{os.environ['PATH']}",
-           "RAY_PORT_BASE": str(_free_port_base(ep, 3)), "RAY_PORT_LIMIT": "32768",
+           "RAY_PORT_BASE": str(base), "RAY_PORT_LIMIT": "32768",
            "SEGDISTILL_RAY_START_TIMEOUT": "120", "SEGDISTILL_STOP_GRACE": "40",
-           "SEGDISTILL_PORT_LOCK": str(tmp / "ports.lock"), "RAY_USAGE_STATS_ENABLED": "0"}
+           "SEGDISTILL_PORT_LOCK": str(tmp / "ports.lock"), "RAY_USAGE_STATS_ENABLED": "0",
+           # compose's token mode, with the token on the "shared volume"; explicit, so that no
+           # ~/.ray/auth_token or RAY_AUTH_* of this machine's environment plays a part
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tmp / "shared" / "ray_auth_token")}
+    env.pop("RAY_AUTH_TOKEN", None)
     procs: list[subprocess.Popen] = []
 
     def start(name: str, args: list[str], cpus: int) -> None:
@@ -682,7 +717,7 @@ def test_compose_topology_on_loopback_runs_smoke_study():
             start("w1", [f"--address={address}"], cpus=1)  # both at once, like --scale ray-worker=2
             start("w2", [f"--address={address}"], cpus=1)
             try:
-                _wait_for_nodes(address, 3, timeout_s=150)
+                _wait_for_nodes(address, 3, timeout_s=150, env=env)
                 break
             except TimeoutError as exc:  # say why: the nodes' own logs
                 if attempt == 2:
@@ -701,11 +736,18 @@ def test_compose_topology_on_loopback_runs_smoke_study():
         assert slots == [0, 1, 2] if not first_try else len(set(slots)) == 3, slots
         for n in ("head", "w1", "w2"):
             assert healthy(n), f"{n} unhealthy\n{logs()}"
+        token_file = tmp / "shared" / "ray_auth_token"
+        assert re.fullmatch(r"[0-9a-f]{64}", token_file.read_text()), "the head writes a 256-bit hex token"
+        assert token_file.stat().st_mode & 0o077 == 0, "the token file is private to its owner"
+        stranger = subprocess.run(  # no token: the cluster must refuse
+            [sys.executable, "-c", "import ray,sys; ray.init(address=sys.argv[1]); print(len(ray.nodes()))", address],
+            env={**ray_env(), "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=120)
+        assert stranger.returncode != 0 and "auth" in stranger.stderr.lower(), stranger.stdout + stranger.stderr[-1500:]
 
         run = subprocess.run(
             [sys.executable, "experiments/ablation_beta.py", "--preset", "smoke", "--address", address,
              "--results", str(results), "--quiet"],
-            cwd=ROOT, env={**ray_env(), "RAY_DEDUP_LOGS": "0"}, capture_output=True, text=True, timeout=600)
+            cwd=ROOT, env={**env, "RAY_DEDUP_LOGS": "0"}, capture_output=True, text=True, timeout=600)
         tail = (run.stdout + run.stderr)[-4000:]
         assert run.returncode == 0, f"{tail}\n{logs()}"
         assert str(results) in run.stdout, tail
