@@ -218,6 +218,44 @@ def test_transform_never_interpolates_labels() -> None:
         assert set(y.unique().tolist()) <= {0, 7, 255}
 
 
+def _whole_image_transform(tf: TrainTransform, image, label, generator):
+    """The transform as the paper states it, on the whole image: scale, normalise, pad, crop, flip
+    (what TrainTransform computed before it resized only the crop window), with the same draws."""
+    from segdistill.data.transforms import normalize, pad_pair, scale_pair
+
+    u = float(torch.rand((), generator=generator))
+    img, lbl = scale_pair(image.to(torch.float32), label.to(torch.int64), tf.scale_min + (tf.scale_max - tf.scale_min) * u)
+    img, lbl = pad_pair(normalize(img), lbl, tf.crop_size, tf.ignore_index)
+    h, w = lbl.shape
+    top = int(torch.randint(0, h - tf.crop_size + 1, (1,), generator=generator).item())
+    left = int(torch.randint(0, w - tf.crop_size + 1, (1,), generator=generator).item())
+    img, lbl = img[:, top:top + tf.crop_size, left:left + tf.crop_size], lbl[top:top + tf.crop_size, left:left + tf.crop_size]
+    if tf.flip and bool(torch.rand((), generator=generator) < 0.5):
+        img, lbl = img.flip(-1), lbl.flip(-1)
+    return img, lbl
+
+
+@pytest.mark.parametrize("shape,crop,scales", [((40, 60), 32, (0.5, 2.0)), ((37, 53), 48, (0.5, 2.0)),
+                                               ((64, 48), 32, (1.0, 1.0)), ((30, 30), 48, (0.5, 0.5)),
+                                               ((33, 71), 40, (1.3, 1.3))])
+def test_windowed_transform_equals_the_whole_image_transform(shape, crop, scales) -> None:
+    """Only the crop window is resized: labels (nearest) and unit-scale images are bit-identical to
+    scaling the whole image first; bilinear images agree up to float rounding (< 1e-4 after
+    normalisation, i.e. a few thousandths of a grey level)."""
+    g = torch.Generator().manual_seed(1)
+    image = torch.randint(0, 256, (3, *shape), generator=g, dtype=torch.uint8)
+    label = torch.randint(0, 20, shape, generator=g)
+    label[:3] = 255
+    tf = TrainTransform(crop_size=crop, scale_min=scales[0], scale_max=scales[1])
+    for seed in range(12):
+        x, y = tf(image, label, generator=torch.Generator().manual_seed(seed))
+        rx, ry = _whole_image_transform(tf, image, label, torch.Generator().manual_seed(seed))
+        assert torch.equal(y, ry), seed
+        assert x.shape == rx.shape and (x - rx).abs().max() < 1e-4, (seed, float((x - rx).abs().max()))
+        if scales == (1.0, 1.0):
+            assert torch.equal(x, rx)
+
+
 def test_transform_is_deterministic_given_a_generator() -> None:
     image, label = _encoded_pair(40, 40)
     tf = TrainTransform(crop_size=32)

@@ -57,6 +57,37 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
+def _bilinear_taps(in_size: int, out_size: int, start: int, count: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source rows (or columns) and weights of output pixels ``start .. start+count-1`` when
+    ``in_size`` pixels are resized bilinearly to ``out_size`` (``align_corners=False``, as
+    :func:`resize_image`): position ``(i + 0.5) * in / out - 0.5`` clamped at 0, between ``i0`` and
+    ``i1 = min(i0 + 1, in - 1)`` with weight ``w`` on ``i1``."""
+    pos = ((torch.arange(start, start + count, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp_(min=0)
+    i0 = pos.floor().long().clamp_(max=in_size - 1)
+    i1 = (i0 + 1).clamp_(max=in_size - 1)
+    return i0, i1, (pos - i0).to(torch.float32)
+
+
+def resize_window(image: torch.Tensor, size: tuple[int, int], top: int, left: int, height: int, width: int
+                  ) -> torch.Tensor:
+    """``resize_image(image.float(), size)[:, top:top+height, left:left+width]``, computing little
+    more than the window when it is a small part of the resized image (a 2x zoom cropped back to the
+    input size: 5x faster on one CPU core). Then separable: the window's source columns are gathered
+    and interpolated on the source rows it needs, then its rows (equal to :func:`resize_image` up to
+    float rounding, a few 1e-3 on the 0-255 scale); otherwise (and at ``size`` equal to the input)
+    exactly :func:`resize_image` and a slice. ``image``: ``(C, H, W)``, any dtype; returns float32."""
+    h, w = image.shape[-2:]
+    if (h, w) == tuple(size) or height * width >= 0.6 * size[0] * size[1]:
+        return resize_image(image.to(torch.float32), size)[:, top:top + height, left:left + width]
+    y0, y1, wy = _bilinear_taps(h, size[0], top, height)
+    x0, x1, wx = _bilinear_taps(w, size[1], left, width)
+    r0, r1 = int(y0.min()), int(y1.max()) + 1  # only the source rows the window reads
+    src = image[:, r0:r1]
+    cols = src[:, :, x0].to(torch.float32).lerp_(src[:, :, x1].to(torch.float32), wx)
+    return cols.index_select(1, y0 - r0).lerp_(cols.index_select(1, y1 - r0), wy[:, None])
+
+
 def scale_pair(image: torch.Tensor, label: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale both by ``scale``: float image bilinear, label nearest. Sizes round, minimum 1."""
     h, w = label.shape
@@ -109,18 +140,33 @@ class TrainTransform:
             raise ValueError(f"image {tuple(image.shape)} and label {tuple(label.shape)} sizes differ")
         u = float(torch.rand((), generator=generator))
         scale = self.scale_min + (self.scale_max - self.scale_min) * u
-        img, lbl = scale_pair(image.to(torch.float32), label.to(torch.int64), scale)
-        img = normalize(img)
-        img, lbl = pad_pair(img, lbl, self.crop_size, self.ignore_index)
-        h, w = lbl.shape
-        top, left = _randint(h - self.crop_size, generator), _randint(w - self.crop_size, generator)
-        img = img[:, top:top + self.crop_size, left:left + self.crop_size]
-        lbl = lbl[top:top + self.crop_size, left:left + self.crop_size]
+        h, w = self._scaled_size(label, scale)
+        # the crop window in the padded, scaled image (the same draws as scaling, padding and cropping
+        # the whole image); only the window is then resized, normalised and padded
+        top = _randint(max(h, self.crop_size) - self.crop_size, generator)
+        left = _randint(max(w, self.crop_size) - self.crop_size, generator)
         do_flip = bool(torch.rand((), generator=generator) < 0.5)
         flipped = self.flip and do_flip
+        img, lbl = self._window(image, label, (h, w), top, left)
         if flipped:
             img, lbl = img.flip(-1), lbl.flip(-1)
         return img.contiguous(), lbl.contiguous(), flipped
+
+    @staticmethod
+    def _scaled_size(label: torch.Tensor, scale: float) -> tuple[int, int]:
+        h, w = label.shape
+        return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+    def _window(self, image: torch.Tensor, label: torch.Tensor, size: tuple[int, int], top: int, left: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``crop x crop`` window at (top, left) of the image and label scaled to ``size``, padded
+        bottom/right (image 0 after normalisation, label ``ignore_index``) where it passes their edge."""
+        h, w = size
+        rows, cols = min(self.crop_size, h - top), min(self.crop_size, w - left)
+        img = normalize(resize_window(image, size, top, left, rows, cols))
+        H, W = label.shape
+        lbl = label.to(torch.int64)[nearest_indices(H, h)[top:top + rows]][:, nearest_indices(W, w)[left:left + cols]]
+        return pad_pair(img, lbl, self.crop_size, self.ignore_index)
 
     def variant_count(self, height: int, width: int) -> int | None:
         """How many distinct outputs an ``height x width`` input can have: 1 or 2 (flip) when the scale
@@ -136,9 +182,7 @@ class TrainTransform:
         """The output :meth:`apply` gives when it draws ``flipped``, for finite augmentation only."""
         if self.variant_count(*label.shape) is None:
             raise ValueError("variant() needs a fixed scale and no random crop (see variant_count)")
-        img, lbl = scale_pair(image.to(torch.float32), label.to(torch.int64), self.scale_min)
-        img, lbl = pad_pair(normalize(img), lbl, self.crop_size, self.ignore_index)
-        img, lbl = img[:, :self.crop_size, :self.crop_size], lbl[:self.crop_size, :self.crop_size]
+        img, lbl = self._window(image, label, self._scaled_size(label, self.scale_min), 0, 0)
         if flipped:
             img, lbl = img.flip(-1), lbl.flip(-1)
         return img.contiguous(), lbl.contiguous()
