@@ -423,6 +423,9 @@ _RAYCLUSTER_SPEC = {
         "autoscalerOptions": {"type": "object"}, "headServiceAnnotations": _STR_MAP,
         "suspend": {"type": "boolean"}, "managedBy": {"type": "string"},
         "gcsFaultToleranceOptions": {"type": "object"},
+        "authOptions": {"type": "object", "additionalProperties": False,  # KubeRay >= 1.5.1
+                        "properties": {"mode": {"enum": ["disabled", "token"]}, "secretName": {"type": "string"},
+                                       "enableK8sTokenAuth": {"type": "boolean"}}},
     },
 }
 _RAYJOB_SPEC = {
@@ -498,6 +501,7 @@ def test_kuberay_cluster_matches_image_storage_and_job(kuberay):
         "rayjob.yaml's rayClusterSpec must equal raycluster.yaml's spec"
     pins = dict(line.split("==") for line in CONSTRAINTS.read_text().splitlines() if "==" in line)
     assert cluster["rayVersion"] == pins["ray"], "rayVersion must be the image's Ray (docker/constraints.txt)"
+    assert cluster["authOptions"] == {"mode": "token"}, "a shared Kubernetes cluster runs Ray with token authentication"
     pvc = _load(K8S / "shared-storage.yaml")
     assert "ReadWriteMany" in pvc["spec"]["accessModes"]
     app_uid = re.search(r"^ARG APP_UID=(\d+)$", DOCKERFILE.read_text(), re.M).group(1)
