@@ -73,7 +73,7 @@ def resize_window(image: torch.Tensor, size: tuple[int, int], top: int, left: in
                   ) -> torch.Tensor:
     """``resize_image(image.float(), size)[:, top:top+height, left:left+width]``, computing little
     more than the window when it is a small part of the resized image (a 2x zoom cropped back to the
-    input size: 5x faster on one CPU core). Then separable: the window's source columns are gathered
+    input size: about 5x faster on one CPU core). Then separable: the window's source columns are gathered
     and interpolated on the source rows it needs, then its rows (equal to :func:`resize_image` up to
     float rounding, a few 1e-3 on the 0-255 scale); otherwise (and at ``size`` equal to the input)
     exactly :func:`resize_image` and a slice. ``image``: ``(C, H, W)``, any dtype; returns float32."""
@@ -165,7 +165,7 @@ class TrainTransform:
         rows, cols = min(self.crop_size, h - top), min(self.crop_size, w - left)
         img = normalize(resize_window(image, size, top, left, rows, cols))
         H, W = label.shape
-        lbl = label.to(torch.int64)[nearest_indices(H, h)[top:top + rows]][:, nearest_indices(W, w)[left:left + cols]]
+        lbl = label[nearest_indices(H, h)[top:top + rows]][:, nearest_indices(W, w)[left:left + cols]].to(torch.int64)
         return pad_pair(img, lbl, self.crop_size, self.ignore_index)
 
     def variant_count(self, height: int, width: int) -> int | None:
