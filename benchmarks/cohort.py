@@ -54,14 +54,16 @@ def main() -> None:
         "data.num_classes": a.classes, "data.image_size": a.size, "data.crop_size": a.size,
         "data.scale_min": 1.0, "data.scale_max": 1.0, "data.train_images": a.train_images, "data.val_images": 8,
         "optim.batch_size": a.batch, "optim.iterations": a.iterations, "run.eval_every": 0,
-        "run.device": a.device, "run.progress": False, "run.deterministic": a.deterministic, "model.arch": a.teacher, "run.out_dir": str(tmp / "t"),
+        "run.device": a.device, "run.progress": False, "run.deterministic": a.deterministic,
+        "model.arch": a.teacher, "run.out_dir": str(tmp / "t"),
     })
     # An untrained teacher is as expensive to run as a trained one; speed is what is measured here.
     teacher_file = save_model_artifact(build_model(a.teacher, a.classes), base, tmp / "teacher.pt")
     betas = [round(0.1 + 0.8 * i / max(1, a.k - 1), 3) for i in range(a.k)]
 
     def cfgs(mode: str) -> list[TrainConfig]:
-        cache = {"run.teacher_cache": str(tmp / "cache")} if mode.rstrip("0123456789").endswith("cached") else {}
+        cached = mode.rstrip("0123456789").endswith("cached")  # separate_cached2: a repeat of separate_cached
+        cache = {"run.teacher_cache": str(tmp / "cache")} if cached else {}
         return [base.replace(**{"model.arch": a.student, "distill.method": "hwd", "distill.beta": b,
                                 "distill.teacher_arch": a.teacher, "distill.teacher_checkpoint": str(teacher_file),
                                 "run.out_dir": str(tmp / mode / f"m{i}"), **cache}) for i, b in enumerate(betas)]
