@@ -275,6 +275,7 @@ class Report:
     failed: list[str] = field(default_factory=list)
     commands: dict[str, str] = field(default_factory=dict)  # artifact key -> experiment command
     figure_formats: tuple[str, ...] = ("png", "pdf")
+    html_tables: dict[Path, str] = field(default_factory=dict)  # table .csv path -> its HTML (index.html)
 
     @property
     def tables(self) -> Path:
@@ -327,6 +328,25 @@ def to_markdown(df: pd.DataFrame, bold: pd.DataFrame | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_html(df: pd.DataFrame, caption: str = "", bold: pd.DataFrame | None = None) -> str:
+    """An HTML ``<table>`` (escaped text, ``<b>`` where ``bold``), cells formatted as in the Markdown,
+    after its caption (a ``<p class='caption'>``)."""
+    import html
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for i in range(len(df)):
+        cells = []
+        for j in range(df.shape[1]):
+            text = html.escape(_cell(df.iat[i, j]))
+            if bold is not None and text and bool(bold.iat[i, j]):
+                text = f"<b>{text}</b>"
+            cells.append(f"<td>{text}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    cap = f"<p class='caption'>{html.escape(caption)}</p>" if caption else ""
+    return f"{cap}<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
 def to_latex(df: pd.DataFrame, caption: str = "", bold: pd.DataFrame | None = None, label: str = "") -> str:
     """LaTeX via pandas' Styler (booktabs rules, escaped text, ``\\textbf`` where ``bold``)."""
     shown = df.map(_cell)
@@ -351,6 +371,8 @@ def save_table(report: Report, name: str, data: pd.DataFrame, display: pd.DataFr
                                                                                None if bold is None else bold.reset_index(drop=True)))
     paths[2].write_text(to_latex(display.reset_index(drop=True), caption,
                                  None if bold is None else bold.reset_index(drop=True), label=f"tab:{name}"))
+    report.html_tables[paths[0]] = to_html(display.reset_index(drop=True), caption,
+                                           None if bold is None else bold.reset_index(drop=True))
     report.written.extend(paths)
     log.info("wrote table %s", name)
     return paths

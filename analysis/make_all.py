@@ -3,9 +3,10 @@
     python -m analysis --results results --out reports
     python analysis/make_all.py --results results --out reports
 
-Writes ``<out>/tables/*.{csv,md,tex}``, ``<out>/figures/*.{png,pdf}`` and ``<out>/index.md``
-(every artifact with the studies and trial counts it came from; every artifact that could not be
-made, why, and the experiment command that makes its inputs). Each product skips cleanly, logging
+Writes ``<out>/tables/*.{csv,md,tex}``, ``<out>/figures/*.{png,pdf}``, ``<out>/index.md`` (every
+artifact with the studies and trial counts it came from; every artifact that could not be made,
+why, and the experiment command that makes its inputs) and ``<out>/index.html``, the same page for
+a browser with every table and figure inline. Each product skips cleanly, logging
 "no data for X", when its inputs are absent; a product that crashes is logged and reported in
 ``Report.failed`` (the CLI then exits 1) without stopping the others.
 """
@@ -93,7 +94,9 @@ def make_all(results: str | Path, out: str | Path, *, embedding_method: str = "t
         except Exception as exc:  # noqa: BLE001 - one broken product must not hide the others
             log.error("%s failed: %s\n%s", title, exc, traceback.format_exc())
             report.failed.append(f"{title}: {type(exc).__name__}: {exc}")
-    write_index(report, res, results, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    write_index(report, res, results, seconds)
+    write_html(report, res, results, seconds)
     return report
 
 
@@ -133,6 +136,85 @@ def write_index(report: Report, res: Results, results: str | Path, seconds: floa
     return path
 
 
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 72em;
+       padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+h3 { margin: 1.6em 0 .3em; } code { background: #f3f3f3; padding: 0 .25em; border-radius: 3px; }
+table { border-collapse: collapse; margin: .6em 0; font-size: .9em; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } .caption { font-weight: 600; margin: .8em 0 .2em; }
+figure { margin: .8em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption, .files, .src { color: #555; font-size: .85em; } nav li { margin: .1em 0; }
+"""
+
+
+def write_html(report: Report, res: Results, results: str | Path, seconds: float) -> Path:
+    """``<out>/index.html``: index.md's page for a browser, with every table (as HTML) and every
+    figure (its PNG, relative to the page) inline, and the "not made" list with its commands."""
+    import html
+
+    import pandas as pd
+
+    esc = html.escape
+    rel = lambda p: Path(p).relative_to(report.out).as_posix()  # noqa: E731
+    out = ["<!doctype html>", "<html lang='en'><head><meta charset='utf-8'>",
+           f"<title>segdistill reports from {esc(str(results))}</title><style>{_CSS}</style></head><body>",
+           f"<h1>Reports from <code>{esc(str(results))}</code></h1>",
+           f"<p>{len(res.trials)} completed trial(s) used (means over seeds of completed trials); "
+           f"regenerated in {seconds:.1f} s by <code>python -m analysis</code>.</p>", "<h2>Studies</h2>"]
+    rows = []
+    if not res.all_trials.empty:
+        for study, g in res.all_trials.groupby("study"):
+            st = g["status"].value_counts().to_dict() if "status" in g else {}
+            other = ", ".join(f"{k}: {v}" for k, v in sorted(st.items()) if k != "completed")
+            rows.append(f"<tr><td><code>{esc(str(study))}</code></td><td>{g['trial_id'].nunique()}</td>"
+                        f"<td>{st.get('completed', 0)}</td><td>{esc(other)}</td></tr>")
+    out.append("<table class='studies'><thead><tr><th>study</th><th>trials</th><th>completed</th>"
+               "<th>other statuses</th></tr></thead><tbody>" + ("".join(rows) or "<tr><td>(none)</td><td>0</td>"
+                                                              "<td>0</td><td></td></tr>") + "</tbody></table>")
+    if report.artifacts:
+        out.append("<nav><ul>" + "".join(f"<li><a href='#a{i}'>{esc(a.title)}</a></li>"
+                                         for i, a in enumerate(report.artifacts)) + "</ul></nav>")
+    out.append("<h2>Artifacts</h2>")
+    for i, a in enumerate(report.artifacts):
+        out.append(f"<section id='a{i}'><h3>{esc(a.title)}{' (' + esc(a.note) + ')' if a.note else ''}</h3>")
+        src = ", ".join(f"<code>{esc(s)}</code>: {n}" for s, n in a.sources.items()) or "no data needed"
+        out.append(f"<p class='src'>from {src}</p>")
+        stems: dict[Path, list[Path]] = {}
+        for p in a.paths:
+            stems.setdefault(p.with_suffix(""), []).append(p)
+        for stem, ps in stems.items():
+            by_ext = {p.suffix[1:]: p for p in ps}
+            links = " ".join(f"<a href='{esc(rel(p))}'>{esc(p.suffix[1:])}</a>" for p in ps)
+            if "csv" in by_ext:
+                table = report.html_tables.get(by_ext["csv"])
+                if table is None:  # written outside save_table: the raw numbers
+                    table = pd.read_csv(by_ext["csv"]).to_html(index=False, na_rep="", border=0)
+                out.append(table + f"<p class='files'><code>{esc(rel(stem))}</code> {links}</p>")
+            elif "png" in by_ext:
+                out.append(f"<figure><img src='{esc(rel(by_ext['png']))}' alt='{esc(a.title)}'>"
+                           f"<figcaption><code>{esc(rel(stem))}</code> {links}</figcaption></figure>")
+            else:
+                out.append(f"<p class='files'><code>{esc(rel(stem))}</code> {links}</p>")
+        out.append("</section>")
+    out.append("<h2>Not made</h2>")
+    if report.missing:
+        out.append("<table class='missing'><thead><tr><th>artifact</th><th>why</th><th>make its inputs with</th>"
+                   "</tr></thead><tbody>" + "".join(
+                       f"<tr><td>{esc(m.title)}</td><td>{esc(m.why)}</td><td><code>{esc(m.command)}</code></td></tr>"
+                       for m in report.missing) + "</tbody></table>")
+    else:
+        out.append("<p>(everything was made)</p>")
+    if report.failed:
+        out.append("<h2>Failed (bugs: please report)</h2><ul>" + "".join(f"<li>{esc(f)}</li>" for f in report.failed)
+                   + "</ul>")
+    out.append("</body></html>")
+    path = report.out / "index.html"
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default="results", help="results root (default: results)")
@@ -157,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(report.written)} files ({len(report.artifacts)} artifacts) to {report.out}; "
-          f"{len(report.missing)} not made for lack of data; see {report.out / 'index.md'}")
+          f"{len(report.missing)} not made for lack of data; see {report.out / 'index.md'} "
+          f"or, in a browser, {report.out / 'index.html'}")
     for s in report.skipped:
         print(f"  {s}")
     if report.failed:

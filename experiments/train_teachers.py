@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from segdistill.study import StudySpec, TeacherRecipe  # noqa: E402
-from segdistill.study.cli_args import parser, preset_from_args, report, study_name  # noqa: E402
+from segdistill.study.cli_args import parser, preset_from_args, report, study_name, view_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,14 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     variants = [{"distill.method": "kd", "data.name": ds,
                  **({} if ds == preset.base.data.name else {"data.root": str(Path(args.data_root) / ds)})}
                 for ds in datasets]
+    from segdistill.study.mlflow_log import MlflowUnavailableError
     from segdistill.study.runner import teachers_only
 
     for arch in archs:
         spec = StudySpec(name=f"{study_name(__file__, preset)}-{arch}", base=preset.base, variants=variants,
                          teacher=TeacherRecipe(arch, preset.teacher.overrides), shape=preset.shape,
                          resources=preset.resources, tags={"preset": preset.name})
-        df = teachers_only(spec, results_root=args.results, address=args.address, zoo=args.zoo,
-                           verbose=0 if args.quiet else 1)
+        try:
+            df = teachers_only(spec, results_root=args.results, address=args.address, zoo=args.zoo, **view_args(args))
+        except MlflowUnavailableError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         report(df, args, spec, by=["model.arch", "data.name"], title=f"zoo teachers ({arch})")
     return 0
 

@@ -1,10 +1,11 @@
-"""Command line: ``segdistill {distill,train,info,report}`` (also ``python -m segdistill``).
+"""Command line: ``segdistill {distill,train,info,report,dashboard}`` (also ``python -m segdistill``).
 
 - ``distill``: train a teacher on the synthetic default (or reuse it), then distil students with
   the chosen methods, printing one row per run. The quickest end-to-end look at the core.
 - ``train``: one run from flat ``--set section.field=value`` overrides.
 - ``info``: registered models, datasets and methods.
 - ``report``: regenerate tables and figures from a results tree (``python -m analysis``).
+- ``dashboard``: optuna-dashboard on a search study's ``optuna.journal`` (:mod:`segdistill.study.dashboard`).
 Sweeps on Ray live in ``experiments/*.py`` (see the README).
 """
 
@@ -125,6 +126,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .study.dashboard import DashboardError, find_journal, serve
+
+    try:
+        journal = find_journal(args.study, args.results)
+        serve(journal, host=args.host, port=args.port)
+    except DashboardError as exc:
+        print(f"segdistill dashboard: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segdistill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -158,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results", default="results")
     r.add_argument("--out", default="reports")
     r.set_defaults(fn=cmd_report)
+
+    b = sub.add_parser("dashboard", help="optuna-dashboard on a search study's optuna.journal")
+    b.add_argument("study", help="a study name under --results, a study directory or an optuna.journal file")
+    b.add_argument("--results", default="results", help="results root holding the study (default: results)")
+    b.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    b.add_argument("--port", type=int, default=8080)
+    b.set_defaults(fn=cmd_dashboard)
     return p
 
 

@@ -67,7 +67,8 @@ def fit_cohort(cfgs: Sequence[TrainConfig], callbacks: Sequence[Sequence[object]
     callback stops it leaves the cohort, the others go on. With ``resume`` each member continues from
     its own checkpoint; members that are ahead skip the batches they have already trained on.
     ``isolate_failures``: a member whose step raises (e.g. ``NonFiniteLossError``) leaves the cohort
-    and its exception takes its place in the returned list; otherwise the exception propagates.
+    and its exception takes its place in the returned list (its callbacks' ``on_error(exc)``, where
+    they have one, hear of it at once); otherwise the exception propagates.
     """
     cfgs = list(cfgs)
     check_cohort(cfgs)
@@ -108,6 +109,9 @@ def fit_cohort(cfgs: Sequence[TrainConfig], callbacks: Sequence[Sequence[object]
                     if not isolate_failures:
                         raise
                     failed[id(m)] = exc
+                    for cb in m.callbacks:  # tell the member's callbacks now, not when the cohort ends
+                        if hasattr(cb, "on_error"):
+                            cb.on_error(exc)
                     stop = True
                 if stop:
                     active.remove(m)

@@ -2,7 +2,8 @@
 
 Every script takes ``--preset {smoke,demo,paper} --results DIR --data-root DIR --address HOST:PORT
 --resume --seeds N`` (plus ``--overwrite``, ``--zoo``, ``--shape``, ``--workers``, ``--gpus``,
-``--cpus``, ``--iterations``, ``--dataset``, ``--quiet``) and ends by printing a summary table,
+``--cpus``, ``--iterations``, ``--dataset``, ``--mlflow URI``, ``--progress``, ``--verbose``,
+``--quiet``), shows the study's live view while it runs and ends by printing a summary table,
 where the results went and the analysis command that turns them into figures.
 """
 
@@ -39,8 +40,19 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=float, default=None, help="GPUs per trial (inline) or per worker (train)")
     p.add_argument("--cpus", type=float, default=None, help="CPUs per trial (inline) or per worker (train)")
     p.add_argument("--iterations", type=int, default=None, help="override the students' iterations")
-    p.add_argument("--quiet", action="store_true", help="no Tune progress tables")
+    p.add_argument("--mlflow", default=None, metavar="URI", help="log every configuration as an MLflow run "
+                   "(the study is the experiment), e.g. http://127.0.0.1:5000; checked before anything trains")
+    p.add_argument("--progress", choices=("auto", "live", "plain", "off"), default="auto",
+                   help="the live view: auto = a live display on a terminal, plain lines otherwise")
+    p.add_argument("--verbose", action="store_true", help="also Ray Tune's status tables and Ray's INFO logs")
+    p.add_argument("--quiet", action="store_true", help="no live view (warnings, errors and the summary only)")
     return p
+
+
+def view_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``run_study`` / ``teachers_only`` keywords for the view, logging and MLflow flags."""
+    return {"progress": "off" if args.quiet else args.progress, "verbose": 1 if args.verbose else 0,
+            "mlflow": args.mlflow}
 
 
 def preset_from_args(args: argparse.Namespace) -> Preset:
@@ -69,14 +81,15 @@ def study_name(script: str, preset: Preset) -> str:
 
 def run(spec: StudySpec, args: argparse.Namespace) -> pd.DataFrame:
     """run_study with the script's flags; returns the study's trials table."""
+    from .mlflow_log import MlflowUnavailableError
     from .preflight import PreflightError
     from .runner import StudyExistsError, run_study
 
     t0 = time.time()
     try:
         df = run_study(spec, results_root=args.results, address=args.address, resume=args.resume,
-                       overwrite=args.overwrite, zoo=args.zoo, verbose=0 if args.quiet else 1)
-    except (StudyExistsError, PreflightError) as exc:
+                       overwrite=args.overwrite, zoo=args.zoo, **view_args(args))
+    except (StudyExistsError, PreflightError, MlflowUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     df.attrs["wall_time_s"] = time.time() - t0

@@ -19,9 +19,11 @@ from typing import Any, Mapping, Sequence
 
 from ..cohort import cohort_signature
 from ..config import TrainConfig
+from .names import LEGACY_SEED_KEY, LEGACY_VARIANT_KEY, MEMBERS_KEY, SEED_KEY, SETTING_KEY
 from .spec import StudySpec
 
-MEMBERS_KEY = "members"
+COHORT_END = "cohort_end"  # the REPORT_KEY of a cohort trial's closing result
+MEMBER_FAILED = "member_failed"  # the REPORT_KEY of a result saying one member failed (the others go on)
 
 
 def member_id(trial_id: str, j: int) -> str:
@@ -30,8 +32,10 @@ def member_id(trial_id: str, j: int) -> str:
 
 
 def member_configs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The per-member Tune configs (``{"variant": v, "seed": s}``) of a cohort trial's config."""
-    return [{"variant": int(v), "seed": int(s)} for v, s in config[MEMBERS_KEY]]
+    """The per-member Tune configs (``{"setting": name, "run.seed": s}``) of a cohort trial's config
+    (``{"variant": v, "seed": s}`` for configs written before setting names)."""
+    return [{SETTING_KEY: v, SEED_KEY: int(s)} if isinstance(v, str) else {LEGACY_VARIANT_KEY: int(v), LEGACY_SEED_KEY: int(s)}
+            for v, s in config[MEMBERS_KEY]]
 
 
 def cohorts_apply(spec: StudySpec, shape: str) -> bool:
@@ -67,13 +71,14 @@ def cohort_trainable(config: dict[str, Any], ctx: Any) -> None:
     from ray import tune
 
     from ..cohort import fit_cohort
-    from .callbacks import record_from_state
-    from .trial import (checkpoint_iteration, finished_record, note_attempt, report_metrics, trial_config,
-                        write_result)
+    from .callbacks import failure_summary, record_from_state
+    from .trial import (REPORT_KEY, ProgressReports, checkpoint_iteration, finished_record, note_attempt,
+                        quiet_ray_logs, report_metrics, trial_config, write_result)
 
+    quiet_ray_logs(ctx)
     trial_id = tune.get_context().get_trial_id()
     node = ray.get_runtime_context().get_node_id()
-    pending: list[tuple[TrainConfig, dict[str, Any], str, dict[str, Any], str]] = []
+    pending: list[tuple[TrainConfig, dict[str, Any], str, dict[str, Any], str, int]] = []
     for j, member in enumerate(member_configs(config)):
         cfg, tags, record_id = trial_config(ctx, member, member_id(trial_id, j))
         if finished_record(ctx, record_id) is not None:
@@ -82,23 +87,41 @@ def cohort_trainable(config: dict[str, Any], ctx: Any) -> None:
         tags["resumed_from_iteration"] = checkpoint_iteration(cfg.run.out_dir)
         tags["restarts"] = note_attempt(cfg.run.out_dir, pid=os.getpid(), node_id=node, rank=0,
                                         start_iteration=tags["resumed_from_iteration"])
-        pending.append((cfg, tags, record_id, member, member_id(trial_id, j)))
+        pending.append((cfg, tags, record_id, member, member_id(trial_id, j), j))
     total = max((c.optim.iterations for c, *_ in pending), default=0)
 
     class Reporter:
-        """Reports each member's evaluations to Tune (``member`` = its index in the cohort)."""
+        """Reports each member's evaluations, progress and failure to Tune (``member`` = its index in
+        the cohort), so the driver follows every member of the cohort."""
 
-        def __init__(self, j: int) -> None:
+        def __init__(self, cfg: TrainConfig, j: int) -> None:
             self.j = j
+            self.progress = ProgressReports(cfg)
+            self.iteration = 0
+
+        def on_log(self, record: dict[str, float]) -> None:
+            self.iteration = int(record["iteration"])
+            metrics = self.progress.from_log(record)
+            if metrics is not None:
+                tune.report({**metrics, "member": self.j, "node_id": node})
 
         def on_eval(self, event: Any) -> None:
-            tune.report({**report_metrics(event.iteration, event.metrics, total), "member": self.j, "node_id": node})
+            self.iteration = int(event.iteration)
+            metrics = self.progress.from_eval(report_metrics(event.iteration, event.metrics, total))
+            tune.report({**metrics, "member": self.j, "node_id": node})
+
+        def on_error(self, exc: BaseException) -> None:
+            error = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            reason, at = failure_summary(error)
+            tune.report({REPORT_KEY: MEMBER_FAILED, "member": self.j, "iteration": at if at is not None else self.iteration,
+                         "total_iterations": total, "error_reason": reason, "val_miou": math.nan,
+                         "best_miou": math.nan, "node_id": node})
 
     final = []
     if pending:
-        results = fit_cohort([p[0] for p in pending], [[Reporter(j)] for j in range(len(pending))], resume=True,
+        results = fit_cohort([p[0] for p in pending], [[Reporter(p[0], p[5])] for p in pending], resume=True,
                              isolate_failures=True)
-        for (cfg, tags, record_id, member, mid), result in zip(pending, results):
+        for (cfg, tags, record_id, member, mid, _), result in zip(pending, results):
             if isinstance(result, BaseException):
                 error = "".join(traceback.format_exception(type(result), result, result.__traceback__))
                 record_from_state(ctx, member, mid, status="failed", error=error, last_result={"node_id": node},
@@ -107,5 +130,5 @@ def cohort_trainable(config: dict[str, Any], ctx: Any) -> None:
                 write_result(ctx, result, record_id, tags)
                 final.append(result.final_miou)
     # One closing result for Tune: the cohort's best final mIoU (the per-member rows are in Parquet).
-    tune.report({"iteration": total, "total_iterations": total, "members_trained": len(pending),
+    tune.report({REPORT_KEY: COHORT_END, "iteration": total, "total_iterations": total, "members_trained": len(pending),
                  "val_miou": max(final) if final else math.nan, "best_miou": max(final) if final else math.nan})

@@ -13,27 +13,35 @@ storage every node sees, e.g. NFS, because trials write there directly)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import pandas as pd
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 
 from ..results import read_trials
+from . import mlflow_log
 from .callbacks import StudyCallback, reconcile
+from .dashboard import OPTUNA_FILE
+from .cohort_trial import cohorts_apply, plan_cohorts
+from .names import (SEED_KEY, SETTING_KEY, NamesCallback, cohort_space, fixed_space, grid_space, setting_names,
+                    trial_dirname, trial_name)
 from .preflight import check_cluster, preflight_spec
+from .progress import MODES as PROGRESS_MODES
+from .progress import TEACHERS, TRIALS, ProgressCallback, StudyMonitor
 from .runtime import RayInfo, max_concurrent_trials, ray_session
-from .cohort_trial import MEMBERS_KEY, cohorts_apply, plan_cohorts
 from .spec import PENDING_TEACHER, StudySpec
-from .trial import TrialContext, inline_trainable, train_trainable, trial_config
+from .trial import EVAL, REPORT_KEY, TrialContext, inline_trainable, train_trainable, trial_config
 from .zoo import RECORD_STUDY, TeacherZoo, ZooEntry
 
 log = logging.getLogger(__name__)
 TUNE_NAME = "tune"
-OPTUNA_FILE = "optuna.journal"
 
 
 class StudyExistsError(RuntimeError):
@@ -72,8 +80,8 @@ def choose_shape(spec: StudySpec, info: RayInfo) -> tuple[str, bool]:
 
 def run_study(spec: StudySpec, *, results_root: str | Path = "results", address: str | None = None,
               resume: bool = False, overwrite: bool = False, zoo: str | Path | None = None,
-              verbose: int = 1, dashboard: bool = True, num_cpus: int | None = None,
-              preflight: bool = True) -> pd.DataFrame:
+              verbose: int = 0, dashboard: bool = True, num_cpus: int | None = None,
+              preflight: bool = True, progress: str = "auto", mlflow: str | None = None) -> pd.DataFrame:
     """Run (or, with ``resume``, continue) ``spec``; returns the study's ``trials`` table.
 
     ``address``: join that Ray cluster instead of starting local Ray. ``zoo``: teacher zoo
@@ -81,9 +89,30 @@ def run_study(spec: StudySpec, *, results_root: str | Path = "results", address:
     ``preflight``: check data, teacher checkpoints, the search space and the cluster's resources
     first (:mod:`segdistill.study.preflight`); a problem raises ``PreflightError`` before any
     Ray job starts and before anything is overwritten.
+    ``progress``: the live view of the study (:mod:`segdistill.study.progress`): "auto" (a live
+    display on a terminal, plain lines otherwise), "live", "plain" or "off". ``verbose`` > 0 adds
+    Ray Tune's own status tables and Ray's INFO logs. ``mlflow``: a tracking URI; every
+    configuration is logged as an MLflow run of the experiment ``spec.name``
+    (:mod:`segdistill.study.mlflow_log`); an unreachable URI raises ``MlflowUnavailableError``
+    before anything trains.
     """
+    if progress not in PROGRESS_MODES:
+        raise ValueError(f"run_study(progress={progress!r}): must be one of {PROGRESS_MODES}")
     if preflight:
         preflight_spec(spec)
+    sink = mlflow_log.connect(mlflow, spec.name, tags={"segdistill.study": spec.name, **dict(spec.tags)}) if mlflow else None
+    try:
+        return _run_study(spec, results_root=results_root, address=address, resume=resume, overwrite=overwrite,
+                          zoo=zoo, verbose=verbose, dashboard=dashboard, num_cpus=num_cpus, preflight=preflight,
+                          progress=progress, sink=sink)
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+def _run_study(spec: StudySpec, *, results_root: str | Path, address: str | None, resume: bool, overwrite: bool,
+               zoo: str | Path | None, verbose: int, dashboard: bool, num_cpus: int | None, preflight: bool,
+               progress: str, sink: mlflow_log.MlflowSink | None) -> pd.DataFrame:
     paths = study_paths(results_root, spec.name)
     zoo_ = TeacherZoo(zoo if zoo is not None else paths["root"] / "_zoo")
     has_results = (paths["study"] / "trials").is_dir() and any((paths["study"] / "trials").glob("*.parquet"))
@@ -99,56 +128,119 @@ def run_study(spec: StudySpec, *, results_root: str | Path = "results", address:
             elif stale.exists():
                 stale.unlink()
     paths["study"].mkdir(parents=True, exist_ok=True)
-    with ray_session(address, dashboard=dashboard, num_cpus=num_cpus) as info:
+    if verbose:
+        logging.getLogger("ray").setLevel(logging.INFO)
+    with ray_session(address, dashboard=dashboard, num_cpus=num_cpus) as info, \
+            StudyMonitor(spec.name, progress) as monitor:
         shape, release = choose_shape(spec, info)
         if preflight:
             check_cluster(spec, shape, info.resources)
-        variants, entries = ensure_teachers(spec, zoo_, info, shape, verbose=verbose)
+        variants, entries = ensure_teachers(spec, zoo_, info, shape, verbose=verbose, monitor=monitor)
         for entry in entries:
             zoo_.copy_record(entry, paths["root"], spec.name)
+            if sink is not None:
+                sink.finish(str(paths["root"]), spec.name, entry.record_id, name=teacher_name(entry.cfg))
         base_flat = spec.base.to_flat()
         if spec.teacher_cache and not base_flat.get("run.teacher_cache"):
             base_flat["run.teacher_cache"] = str(zoo_.root / "_logits")
+        names = setting_names(spec.expand_variants(), base_flat)  # the user's variants, before the zoo filled them
         ctx = TrialContext(study=spec.name, results_root=str(paths["root"]), runs_root=str(paths["runs"]),
                            storage_path=str(paths["storage"]), base_flat=base_flat, variants=tuple(variants),
-                           tags=dict(spec.tags), shape=shape, resources=spec.resources, max_failures=spec.max_failures)
+                           tags=dict(spec.tags), shape=shape, resources=spec.resources, max_failures=spec.max_failures,
+                           setting_names=tuple(names), verbose=verbose)
         cohorts = _cohort_plan(spec, ctx, info, shape) if cohorts_apply(spec, shape) else []
         if spec.search == "optuna":
-            param_space: dict[str, Any] = {"variant": 0, "seed": int(spec.seeds[0])}
+            param_space: dict[str, Any] = fixed_space(names[0], spec.seeds[0])
         elif cohorts and max(len(c) for c in cohorts) > 1:
-            param_space = {MEMBERS_KEY: tune.grid_search(cohorts)}
+            param_space = cohort_space(cohorts)
         else:
-            param_space = {"variant": tune.grid_search(list(range(len(variants)))),
-                           "seed": tune.grid_search([int(s) for s in spec.seeds])}
+            param_space = grid_space(variants, names, spec.seeds, base_flat)
         grid = _tune(ctx, spec, info, param_space, name=TUNE_NAME, resume=resume, release=release,
-                     optuna_path=paths["optuna"], verbose=verbose)
+                     optuna_path=paths["optuna"], verbose=verbose, monitor=monitor, sink=sink, phase=TRIALS,
+                     planned=spec.num_trials())
         reconcile(ctx, grid)
+        if sink is not None:  # what the live path missed (reconciled records, a resumed study's earlier trials)
+            sink.sync(str(paths["root"]), spec.name)
     return read_trials(paths["root"], spec.name)
 
 
-def _cohort_plan(spec: StudySpec, ctx: TrialContext, info: RayInfo, shape: str) -> list[list[list[int]]]:
-    """The grid's (variant, seed) pairs grouped into cohorts (see :func:`plan_cohorts`)."""
-    configs = [(i, s, trial_config(ctx, {"variant": i, "seed": s}, "plan")[0])
+def teacher_name(cfg: Any) -> str:
+    """``"teacher deeplabv3_tiny_r101 on synthetic"``: how views and MLflow name a zoo teacher."""
+    return f"teacher {cfg.model.arch} on {cfg.data.name}"
+
+
+def _cohort_plan(spec: StudySpec, ctx: TrialContext, info: RayInfo, shape: str) -> list[list[list[Any]]]:
+    """The grid's (setting, seed) pairs grouped into cohorts (see :func:`plan_cohorts`): per cohort its
+    members as ``[setting name, seed]``."""
+    names = list(ctx.setting_names)
+    configs = [(i, s, trial_config(ctx, {SETTING_KEY: names[i], SEED_KEY: s}, "plan")[0])
                for i in range(len(ctx.variants)) for s in spec.seeds]
     slots = spec.max_concurrent or max_concurrent_trials(info.resources, spec.resources.per_trial(shape))
-    return plan_cohorts(configs, slots, spec.cohort_size)
+    return [[[names[v], s] for v, s in c] for c in plan_cohorts(configs, slots, spec.cohort_size)]
 
 
 def _trainable(ctx: TrialContext) -> Any:
+    from ray.tune.trainable.function_trainable import wrap_function
+
     fn = tune.with_parameters(train_trainable if ctx.shape == "train" else inline_trainable, ctx=ctx)
+    cls = _named(wrap_function(fn))
     r = ctx.resources
     if ctx.shape == "train":
         # The trial is only a driver for its Train workers: no CPU (a token of memory, since Tune
         # rejects an empty resource request), so its workers can use every core.
-        return tune.with_resources(fn, {"CPU": 0, "memory": 1 << 20})
-    return tune.with_resources(fn, {"CPU": r.cpus, "GPU": r.gpus})
+        return tune.with_resources(cls, {"CPU": 0, "memory": 1 << 20})
+    return tune.with_resources(cls, {"CPU": r.cpus, "GPU": r.gpus})
+
+
+def _named(cls: type) -> type:
+    """The trainable class, its actors shown by their trial's name: Ray takes an actor's ``repr`` for
+    the dashboard's actor list and the prefix of its forwarded output (``(beta=0.3 seed 1 (8452e_00003)
+    pid=...)``) instead of ``inline_trainable``."""
+
+    class Named(cls):  # type: ignore[misc, valid-type]
+        def __repr__(self) -> str:
+            return getattr(self, "trial_name", None) or super().__repr__()
+
+    Named.__name__ = Named.__qualname__ = cls.__name__
+    return Named
+
+
+class EvalOnlyASHA(ASHAScheduler):
+    """ASHA on evaluation results only: progress reports (:data:`~segdistill.study.trial.REPORT_KEY`
+    ``"progress"``) carry the last evaluation's value and must not count as a new one at a rung."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get(REPORT_KEY, EVAL) != EVAL:
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
 
 
 def _tune(ctx: TrialContext, spec: StudySpec, info: RayInfo, param_space: Mapping[str, Any], *, name: str,
           resume: bool, release: bool, optuna_path: Path | None, verbose: int, scheduler: str | None = None,
-          search: str | None = None, num_samples: int | None = None) -> Any:
-    from ray.tune.schedulers import ASHAScheduler
+          search: str | None = None, num_samples: int | None = None, monitor: StudyMonitor | None = None,
+          sink: mlflow_log.MlflowSink | None = None, phase: str = TRIALS, planned: int = 0) -> Any:
+    """Run (or restore and continue) one Tune experiment ``<storage>/<name>``. ``monitor`` and ``sink``
+    receive its trials' progress (the callbacks find them by the experiment's directory, also when
+    Tune restores its pickled callbacks on resume)."""
+    storage = Path(ctx.storage_path)
+    exp_dir = storage / name
+    key = str(exp_dir)
+    if monitor is not None:
+        monitor.attach(key, ctx, phase, planned or 1, ctx_iters(ctx, ctx.variants[0]) if ctx.variants else 0)
+    if sink is not None:
+        mlflow_log.attach(key, ctx, sink)
+    try:
+        return _fit(ctx, spec, info, param_space, name=name, resume=resume, release=release, optuna_path=optuna_path,
+                    verbose=verbose, scheduler=scheduler, search=search, num_samples=num_samples, key=key)
+    finally:
+        if monitor is not None:
+            monitor.detach(key)
+        mlflow_log.detach(key)
 
+
+def _fit(ctx: TrialContext, spec: StudySpec, info: RayInfo, param_space: Mapping[str, Any], *, name: str,
+         resume: bool, release: bool, optuna_path: Path | None, verbose: int, scheduler: str | None,
+         search: str | None, num_samples: int | None, key: str) -> Any:
     scheduler = spec.scheduler if scheduler is None else scheduler
     search = spec.search if search is None else search
     storage = Path(ctx.storage_path)
@@ -158,7 +250,8 @@ def _tune(ctx: TrialContext, spec: StudySpec, info: RayInfo, param_space: Mappin
         log.info("resuming %s from %s", spec.name, exp_dir)
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=dict(param_space))
-        return tuner.fit()
+        with _tune_output(verbose):
+            return tuner.fit()
     if exp_dir.exists():  # a stale experiment (not resumable or not asked to resume)
         shutil.rmtree(exp_dir)
     search_alg = None
@@ -176,7 +269,7 @@ def _tune(ctx: TrialContext, spec: StudySpec, info: RayInfo, param_space: Mappin
     if scheduler == "asha":
         iters = [ctx_iters(ctx, v) for v in ctx.variants]
         evals = [e for e in (ctx_eval(ctx, v) for v in ctx.variants) if e]
-        sched = ASHAScheduler(time_attr="iteration", max_t=max(iters),
+        sched = EvalOnlyASHA(time_attr="iteration", max_t=max(iters),
                               grace_period=spec.asha_grace or (min(evals) if evals else 1),
                               reduction_factor=spec.asha_reduction)
     per_trial = spec.resources.per_trial(ctx.shape)
@@ -186,13 +279,36 @@ def _tune(ctx: TrialContext, spec: StudySpec, info: RayInfo, param_space: Mappin
         param_space=dict(param_space),
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search_alg, scheduler=sched,
                                     num_samples=spec.num_samples if num_samples is None else num_samples,
-                                    max_concurrent_trials=concurrent, reuse_actors=False),
+                                    max_concurrent_trials=concurrent, reuse_actors=False,
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
+        # StudyCallback first: it records stopped and failed trials, which the others then read
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=verbose,
-                                  callbacks=[StudyCallback(ctx, release_pgs=release)],
+                                  callbacks=[NamesCallback(), StudyCallback(ctx, release_pgs=release),
+                                             ProgressCallback(key), mlflow_log.MlflowCallback(key)],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
     )
-    return tuner.fit()
+    with _tune_output(verbose):
+        return tuner.fit()
+
+
+@contextlib.contextmanager
+def _tune_output(verbose: int) -> Iterator[None]:
+    """Tune's console output only when ``verbose``: its newer output engine prints an experiment
+    header, the results directory and a TensorBoard hint whatever the verbosity; the legacy
+    reporter, at verbosity 0, prints nothing (the study's own view shows the trials)."""
+    if verbose:
+        yield
+        return
+    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
 
 
 def _optuna_search_cls() -> type:
@@ -226,6 +342,8 @@ class ResumableOptunaSearch(_optuna_search_cls()):  # type: ignore[misc]
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         import optuna
 
+        if result.get(REPORT_KEY, EVAL) != EVAL:  # progress reports are not new intermediate values
+            return
         try:
             super().on_trial_result(trial_id, result)
         except (optuna.exceptions.UpdateFinishedTrialError, KeyError) as exc:
@@ -240,8 +358,8 @@ def ctx_eval(ctx: TrialContext, variant: Mapping[str, Any]) -> int:
     return int(variant.get("run.eval_every", ctx.base_flat["run.eval_every"]))
 
 
-def ensure_teachers(spec: StudySpec, zoo: TeacherZoo, info: RayInfo, shape: str, *, verbose: int = 1
-                    ) -> tuple[list[dict[str, Any]], list[ZooEntry]]:
+def ensure_teachers(spec: StudySpec, zoo: TeacherZoo, info: RayInfo, shape: str, *, verbose: int = 0,
+                    monitor: StudyMonitor | None = None) -> tuple[list[dict[str, Any]], list[ZooEntry]]:
     """Fill every distilling variant's teacher from the zoo, training missing teachers first (once).
 
     Returns the variants with ``distill.teacher_checkpoint`` set and the zoo entries used.
@@ -263,7 +381,7 @@ def ensure_teachers(spec: StudySpec, zoo: TeacherZoo, info: RayInfo, shape: str,
         with zoo.lock():
             missing = [e for e in missing if not e.exists()]
             if missing:
-                train_teachers(missing, zoo, spec, info, shape, verbose=verbose)
+                train_teachers(missing, zoo, spec, info, shape, verbose=verbose, monitor=monitor)
         still = [str(e.model_path) for e in missing if not e.exists()]
         if still:
             raise RuntimeError(f"teacher training did not produce {still}; see the records in {zoo.records_root}")
@@ -271,7 +389,7 @@ def ensure_teachers(spec: StudySpec, zoo: TeacherZoo, info: RayInfo, shape: str,
 
 
 def train_teachers(entries: Sequence[ZooEntry], zoo: TeacherZoo, spec: StudySpec, info: RayInfo, shape: str,
-                   *, verbose: int = 1) -> None:
+                   *, verbose: int = 0, monitor: StudyMonitor | None = None) -> None:
     """Train zoo teachers as Tune trials (one per entry, in parallel where resources allow)."""
     variants = []
     for e in entries:
@@ -279,32 +397,47 @@ def train_teachers(entries: Sequence[ZooEntry], zoo: TeacherZoo, spec: StudySpec
         flat = e.training_config().to_flat()
         flat.update({"tag.record_id": e.record_id, "tag.role": "teacher"})
         variants.append(flat)
+    base_flat = spec.base.to_flat()
+    names = setting_names(variants, base_flat, explicit=[teacher_name(e.cfg) for e in entries])
     ctx = TrialContext(study=RECORD_STUDY, results_root=str(zoo.records_root), runs_root=str(zoo.root / "_runs"),
-                       storage_path=str(zoo.root / "_ray"), base_flat=spec.base.to_flat(), variants=tuple(variants),
+                       storage_path=str(zoo.root / "_ray"), base_flat=base_flat, variants=tuple(variants),
                        tags={**dict(spec.tags), "role": "teacher"}, shape=shape, resources=spec.resources,
-                       max_failures=spec.max_failures)
+                       max_failures=spec.max_failures, setting_names=tuple(names), verbose=verbose)
     name = "teachers_" + "_".join(sorted(e.key[2] for e in entries))[:80]
     teacher_spec = spec.replace(scheduler="none", search="grid")
-    _tune(ctx, teacher_spec, info, {"variant": tune.grid_search(list(range(len(variants))))}, name=name, resume=True,
-          release=shape == "train", optuna_path=None, verbose=verbose, scheduler="none", search="grid", num_samples=1)
+    space = grid_space(variants, names, (), base_flat, with_seed=False)
+    _tune(ctx, teacher_spec, info, space, name=name, resume=True, release=shape == "train", optuna_path=None,
+          verbose=verbose, scheduler="none", search="grid", num_samples=1, monitor=monitor, phase=TEACHERS,
+          planned=len(entries))
 
 
 def teachers_only(spec: StudySpec, *, results_root: str | Path = "results", address: str | None = None,
-                  zoo: str | Path | None = None, verbose: int = 1, dashboard: bool = True) -> pd.DataFrame:
+                  zoo: str | Path | None = None, verbose: int = 0, dashboard: bool = True, progress: str = "auto",
+                  mlflow: str | None = None) -> pd.DataFrame:
     """Ensure every teacher ``spec`` needs is in the zoo (training missing ones); record them in
-    the study ``spec.name`` (role = teacher) and return its trials table. No student runs."""
+    the study ``spec.name`` (role = teacher) and return its trials table. No student runs.
+    ``progress``, ``verbose`` and ``mlflow`` as for :func:`run_study`."""
     import time
 
     t0 = time.time()
     paths = study_paths(results_root, spec.name)
     zoo_ = TeacherZoo(zoo if zoo is not None else paths["root"] / "_zoo")
     preflight_spec(spec)
-    with ray_session(address, dashboard=dashboard) as info:
-        shape, _ = choose_shape(spec, info)
-        check_cluster(spec, shape, info.resources)
-        _, entries = ensure_teachers(spec, zoo_, info, shape, verbose=verbose)
-    for entry in entries:
-        zoo_.copy_record(entry, paths["root"], spec.name)
+    sink = mlflow_log.connect(mlflow, spec.name, tags={"segdistill.study": spec.name}) if mlflow else None
+    try:
+        if verbose:
+            logging.getLogger("ray").setLevel(logging.INFO)
+        with ray_session(address, dashboard=dashboard) as info, StudyMonitor(spec.name, progress) as monitor:
+            shape, _ = choose_shape(spec, info)
+            check_cluster(spec, shape, info.resources)
+            _, entries = ensure_teachers(spec, zoo_, info, shape, verbose=verbose, monitor=monitor)
+        for entry in entries:
+            zoo_.copy_record(entry, paths["root"], spec.name)
+            if sink is not None:
+                sink.finish(str(paths["root"]), spec.name, entry.record_id, name=teacher_name(entry.cfg))
+    finally:
+        if sink is not None:
+            sink.close()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         df = read_trials(paths["root"], spec.name)

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 from ..config import TrainConfig
 from ..results import part_path, record_from_fit, write_trial
+from .names import LEGACY_SEED_KEY, LEGACY_VARIANT_KEY, SEED_KEY, SETTING_KEY, setting_names
 from .spec import TAG_PREFIX, Resources
 
 STATE_FILE = "state.pt"
@@ -51,20 +52,36 @@ class TrialContext:
     shape: str = "inline"
     resources: Resources = field(default_factory=Resources)
     max_failures: int = 0
+    setting_names: tuple[str, ...] = ()  # one per variant (segdistill.study.names); () = derived
+    verbose: int = 0  # > 0: Ray's INFO logs in the trial processes stay on
+
+
+def variant_of(ctx: TrialContext, config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The variant a Tune config names: by its ``setting`` name (or, in configs written before setting
+    names, by its ``variant`` index)."""
+    if SETTING_KEY in config:
+        names = ctx.setting_names or tuple(setting_names(ctx.variants, ctx.base_flat))
+        name = str(config[SETTING_KEY])
+        if name not in names:
+            raise KeyError(f"the trial's config names setting {name!r}, which study {ctx.study!r} does not have "
+                           f"(its settings: {', '.join(map(repr, names))})")
+        return ctx.variants[names.index(name)]
+    return ctx.variants[int(config.get(LEGACY_VARIANT_KEY, 0))]
 
 
 def trial_config(ctx: TrialContext, config: Mapping[str, Any], trial_id: str) -> tuple[TrainConfig, dict[str, Any], str]:
     """(TrainConfig, result tags, record id) of one trial from its Tune config.
 
-    Tune's config holds ``variant`` (an index into ``ctx.variants``), ``seed`` and, with Optuna,
-    searched flat keys such as ``distill.mu``.
+    Tune's config holds ``setting`` (the variant's name, :mod:`segdistill.study.names`), ``run.seed``,
+    the swept flat keys resolved from the setting and, with Optuna, the searched flat keys such as
+    ``distill.mu``; flat keys in the config override the variant's.
     """
-    variant = dict(ctx.variants[int(config.get("variant", 0))])
+    variant = dict(variant_of(ctx, config))
     tags = dict(ctx.tags)
     tags.update({k[len(TAG_PREFIX):]: v for k, v in variant.items() if k.startswith(TAG_PREFIX)})
     flat = {k: v for k, v in variant.items() if not k.startswith(TAG_PREFIX)}
-    flat.update({k: v for k, v in config.items() if "." in k})
-    flat["run.seed"] = int(config.get("seed", flat.get("run.seed", 0)))
+    flat.update({k: v for k, v in config.items() if "." in k and not k.startswith(TAG_PREFIX)})
+    flat["run.seed"] = int(config.get(SEED_KEY, config.get(LEGACY_SEED_KEY, flat.get("run.seed", 0))))
     flat.setdefault("run.out_dir", str(Path(ctx.runs_root) / trial_id))
     flat["run.progress"] = False
     cfg = TrainConfig.from_flat(dict(ctx.base_flat)).replace(**flat)
@@ -74,15 +91,58 @@ def trial_config(ctx: TrialContext, config: Mapping[str, Any], trial_id: str) ->
     return cfg, tags, record_id
 
 
+REPORT_KEY = "report"  # what a Tune result is: an evaluation ("eval") or a progress update ("progress")
+EVAL, PROGRESS = "eval", "progress"
+PROGRESS_REPORTS_PER_RUN = 50  # at most this many progress updates per run, besides its evaluations
+
+
 def report_metrics(iteration: int, metrics: Mapping[str, float], total: int) -> dict[str, Any]:
-    """The flat, Tune-friendly metrics every report carries (no '/' in names)."""
-    out = {"iteration": int(iteration), "total_iterations": int(total)}
+    """The flat, Tune-friendly metrics every evaluation report carries (no '/' in names)."""
+    out: dict[str, Any] = {REPORT_KEY: EVAL, "iteration": int(iteration), "total_iterations": int(total)}
     for key, value in metrics.items():
         if key == "iteration":
             continue
         out[key.replace("/", "_")] = float(value)
     out["best_miou"] = float(metrics.get("val/best_miou", math.nan))
     return out
+
+
+def progress_stride(cfg: TrainConfig) -> int:
+    """Iterations between two progress reports: a multiple of ``run.log_every`` giving at most
+    :data:`PROGRESS_REPORTS_PER_RUN` per run. Decided by the iteration alone, so every Ray Train
+    worker reports at the same iterations (Train's report is collective)."""
+    log_every = max(1, cfg.run.log_every)
+    want = max(1, math.ceil(cfg.optim.iterations / PROGRESS_REPORTS_PER_RUN))
+    return log_every * math.ceil(want / log_every)
+
+
+class ProgressReports:
+    """Builds a run's progress results from ``on_log`` records: ``report="progress"``, the iteration,
+    the loss terms, lr and throughput, and the last evaluation's values (NaN before the first, so
+    every result carries the metric Tune expects). The scheduler and searcher ignore these
+    (:class:`segdistill.study.runner.EvalOnlyASHA`, ``ResumableOptunaSearch``); the driver's live
+    view and Tune's result files show them. None at evaluation iterations: their report follows."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.total = cfg.optim.iterations
+        self.stride = progress_stride(cfg)
+        self.eval_every = cfg.run.eval_every or self.total
+        self.last_log: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {"val_miou": math.nan, "best_miou": math.nan}
+
+    def from_log(self, record: Mapping[str, float]) -> dict[str, Any] | None:
+        it = int(record["iteration"])
+        self.last_log = {k.replace("/", "_"): float(v) for k, v in record.items()
+                         if k != "iteration" and isinstance(v, (int, float))}
+        if it % self.stride or it % self.eval_every == 0 or it >= self.total:
+            return None
+        return {REPORT_KEY: PROGRESS, "iteration": it, "total_iterations": self.total, **self.last_log,
+                **self.last_eval}
+
+    def from_eval(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """An evaluation report with the latest loss terms added."""
+        self.last_eval = {"val_miou": metrics.get("val_miou", math.nan), "best_miou": metrics.get("best_miou", math.nan)}
+        return {**self.last_log, **metrics}
 
 
 def finished_record(ctx: TrialContext, record_id: str) -> dict[str, Any] | None:
@@ -169,10 +229,20 @@ def report_recorded(row: Mapping[str, Any], total: int) -> None:
     searcher (Optuna) see the true final value even when the live report of it was lost."""
     from ray import tune
 
-    tune.report({"iteration": int(row.get("iterations_done", 0)), "total_iterations": int(total),
+    tune.report({REPORT_KEY: EVAL, "iteration": int(row.get("iterations_done", 0)), "total_iterations": int(total),
                  "val_miou": float(row.get("final_miou", math.nan)),
                  "val_pixel_acc": float(row.get("pixel_acc", math.nan)),
                  "best_miou": float(row.get("best_miou", math.nan))})
+
+
+def quiet_ray_logs(ctx: TrialContext) -> None:
+    """Ray Train/Tune INFO messages in this trial process ("Checkpoint successfully created at ...")
+    off unless the study runs verbose; warnings stay."""
+    import logging
+
+    if not ctx.verbose:
+        for name in ("ray.train", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def write_result(ctx: TrialContext, result: Any, record_id: str, tags: Mapping[str, Any]) -> None:
@@ -181,17 +251,26 @@ def write_result(ctx: TrialContext, result: Any, record_id: str, tags: Mapping[s
 
 # -- inline shape --------------------------------------------------------------------------
 class _TuneReporter:
-    """fit callback: ``ray.tune.report`` at each evaluation, with the checkpoint when one was written."""
+    """fit callback: ``ray.tune.report`` at each evaluation, with the checkpoint when one was written,
+    and progress reports in between (:class:`ProgressReports`)."""
 
-    def __init__(self, total: int, extra: Mapping[str, Any]) -> None:
-        self.total = total
+    def __init__(self, cfg: TrainConfig, extra: Mapping[str, Any]) -> None:
+        self.total = cfg.optim.iterations
         self.extra = dict(extra)
         self.last_reported = -1
+        self.progress = ProgressReports(cfg)
+
+    def on_log(self, record: dict[str, float]) -> None:
+        from ray import tune
+
+        metrics = self.progress.from_log(record)
+        if metrics is not None:
+            tune.report({**metrics, **self.extra})
 
     def on_eval(self, event: Any) -> None:
         from ray import tune
 
-        metrics = {**report_metrics(event.iteration, event.metrics, self.total), **self.extra}
+        metrics = {**self.progress.from_eval(report_metrics(event.iteration, event.metrics, self.total)), **self.extra}
         ckpt = tune.Checkpoint.from_directory(event.checkpoint_dir) if event.checkpoint_dir else None
         tune.report(metrics, checkpoint=ckpt)
         self.last_reported = int(event.iteration)
@@ -238,7 +317,8 @@ def inline_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     tags["resumed_from_iteration"] = checkpoint_iteration(cfg.run.out_dir)
     tags["restarts"] = note_attempt(cfg.run.out_dir, pid=os.getpid(), node_id=node, rank=0,
                                     start_iteration=tags["resumed_from_iteration"])
-    reporter = _TuneReporter(cfg.optim.iterations, {"node_id": node})
+    quiet_ray_logs(ctx)
+    reporter = _TuneReporter(cfg, {"node_id": node})
     result = fit(cfg, [reporter], resume=True)
     write_result(ctx, result, record_id, tags)
     reporter.report_final(result)
@@ -246,17 +326,26 @@ def inline_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
 
 # -- train shape -----------------------------------------------------------------------------
 class _TrainReporter:
-    """fit callback on every Ray Train worker: ``ray.train.report`` at each evaluation (all ranks
-    report, as Train V2 requires; only rank 0 attaches the checkpoint)."""
+    """fit callback on every Ray Train worker: ``ray.train.report`` at each evaluation and progress
+    reports in between (all ranks report, at the same iterations, as Train V2 requires; only rank 0
+    attaches the checkpoint)."""
 
-    def __init__(self, total: int, extra: Mapping[str, Any]) -> None:
-        self.total = total
+    def __init__(self, cfg: TrainConfig, extra: Mapping[str, Any]) -> None:
+        self.total = cfg.optim.iterations
         self.extra = dict(extra)
+        self.progress = ProgressReports(cfg)
+
+    def on_log(self, record: dict[str, float]) -> None:
+        import ray.train
+
+        metrics = self.progress.from_log(record)
+        if metrics is not None:
+            ray.train.report({**metrics, **self.extra})
 
     def on_eval(self, event: Any) -> None:
         import ray.train
 
-        metrics = {**report_metrics(event.iteration, event.metrics, self.total), **self.extra}
+        metrics = {**self.progress.from_eval(report_metrics(event.iteration, event.metrics, self.total)), **self.extra}
         ckpt = ray.train.Checkpoint.from_directory(event.checkpoint_dir) if event.checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
 
@@ -291,7 +380,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         tags["restarts"] = note_attempt(cfg.run.out_dir, pid=os.getpid(), node_id=node, rank=rank,
                                         start_iteration=tags["resumed_from_iteration"])
     extra = {"pg_id": current_placement_group_hex(), "node_id": node, "world_size": tctx.get_world_size()}
-    result = fit(cfg, [_TrainReporter(cfg.optim.iterations, extra)], resume=True)
+    quiet_ray_logs(ctx)
+    result = fit(cfg, [_TrainReporter(cfg, extra)], resume=True)
     if rank == 0:
         tags.update({"node_id": node, "world_size": tctx.get_world_size()})
         write_result(ctx, result, record_id, tags)
