@@ -37,12 +37,23 @@ def results(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_smoke_preset(script, results):
-    proc = _run([f"experiments/{script}.py", "--preset", "smoke", "--results", str(results), "--quiet"])
+    # ablation_beta shows its live view as CI sees it (stdout a pipe: plain lines); the others run --quiet
+    view = [] if script == "ablation_beta" else ["--quiet"]
+    proc = _run([f"experiments/{script}.py", "--preset", "smoke", "--results", str(results), *view])
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, tail
     assert str(results) in proc.stdout, f"{script} does not say where its results went:\n{tail}"
     trials = read_trials(results)
     assert len(trials) > 0 and set(trials["status"]) <= {"completed", "early_stopped"}, trials[["study", "status"]]
+    if script == "ablation_beta":
+        out = proc.stdout
+        for name in ("beta=0.1 seed 0", "beta=0.9 seed 0", "tau'=4 seed 0", "cwd seed 0"):
+            assert re.search(rf"^\[ *\w+\] started {re.escape(name)}$", out, re.M), f"{name!r} not started:\n{tail}"
+            assert re.search(rf"^\[ *\w+\] done {re.escape(name)}: val mIoU \d\.\d{{4}} \(best \d\.\d{{4}}\), 10/10 it",
+                             out, re.M), f"{name!r} not done:\n{tail}"
+        assert "ablation_beta-smoke trials: 4/4 done, 0 failed, 0 running, 0 pending" in out, tail
+        assert "best val mIoU so far per setting: " in out, tail
+        assert "Configuration for experiment" not in out and "Trial status:" not in out, tail  # Tune's tables: --verbose
 
 
 @pytest.mark.ray

@@ -371,7 +371,8 @@ def test_grid_trials_carry_their_flat_keys_in_tune(tmp_path, ray_local):
     from segdistill.study import run_study
 
     spec = StudySpec(name="observe_grid", base=tiny_base(4, 2), cohort_size=1, teacher=TINY_TEACHER,
-                     variants=({"distill.method": "hwd", "distill.beta": 0.1}, {"distill.method": "hwd", "distill.beta": 0.9}))
+                     variants=({"distill.method": "hwd", "distill.beta": 0.1},
+                               {"distill.method": "hwd", "distill.beta": 0.9}))
     df = run_study(spec, results_root=tmp_path, progress="off")
     assert set(df[df["role"] == "student"]["status"]) == {"completed"}
     dirs = sorted(d for d in (tmp_path / "observe_grid" / "ray" / "tune").iterdir() if d.is_dir())
@@ -430,5 +431,5 @@ def test_optuna_dashboard_serves_a_search_study(tmp_path, ray_local):
     assert "optuna-dashboard: 'observe_search' (2 trials)" in log.read_text()
     # a Tune config of a search trial: the searched keys are its name
     search_dirs = [d.name for d in (tmp_path / "observe_search" / "ray" / "tune").iterdir() if d.is_dir()]
-    assert all(re.fullmatch(r"\w+_method=hwd_seed_0__mu=\S+_alpha=\S+_weighting=(smooth_beta|softmax_tau_prime)=[\d.]+", n)
-               for n in search_dirs), search_dirs
+    pattern = r"\w+_method=hwd_seed_0__mu=\S+_alpha=\S+_weighting=(smooth_beta|softmax_tau_prime)=[\d.]+"
+    assert all(re.fullmatch(pattern, n) for n in search_dirs), search_dirs

@@ -34,8 +34,8 @@ def member_id(trial_id: str, j: int) -> str:
 def member_configs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The per-member Tune configs (``{"setting": name, "run.seed": s}``) of a cohort trial's config
     (``{"variant": v, "seed": s}`` for configs written before setting names)."""
-    return [{SETTING_KEY: v, SEED_KEY: int(s)} if isinstance(v, str) else {LEGACY_VARIANT_KEY: int(v), LEGACY_SEED_KEY: int(s)}
-            for v, s in config[MEMBERS_KEY]]
+    return [{SETTING_KEY: v, SEED_KEY: int(s)} if isinstance(v, str)
+            else {LEGACY_VARIANT_KEY: int(v), LEGACY_SEED_KEY: int(s)} for v, s in config[MEMBERS_KEY]]
 
 
 def cohorts_apply(spec: StudySpec, shape: str) -> bool:
@@ -113,9 +113,9 @@ def cohort_trainable(config: dict[str, Any], ctx: Any) -> None:
         def on_error(self, exc: BaseException) -> None:
             error = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             reason, at = failure_summary(error)
-            tune.report({REPORT_KEY: MEMBER_FAILED, "member": self.j, "iteration": at if at is not None else self.iteration,
-                         "total_iterations": total, "error_reason": reason, "val_miou": math.nan,
-                         "best_miou": math.nan, "node_id": node})
+            tune.report({REPORT_KEY: MEMBER_FAILED, "member": self.j,
+                         "iteration": at if at is not None else self.iteration, "total_iterations": total,
+                         "error_reason": reason, "val_miou": math.nan, "best_miou": math.nan, "node_id": node})
 
     final = []
     if pending:

@@ -149,7 +149,8 @@ class MlflowSink:
         self.experiment = experiment
         self.runs: dict[str, dict[str, Any]] = {}  # record id -> {"id", "done", "params", "steps": {key: {steps}}}
         self.errors: list[str] = []
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self.dropped = 0
+        self._queue: queue.Queue[Callable[[], None] | threading.Event | None] = queue.Queue()
         self._existing = self._find_runs()
         self._thread = threading.Thread(target=self._work, name="segdistill-mlflow", daemon=True)
         self._thread.start()
@@ -160,17 +161,32 @@ class MlflowSink:
         return f"{base}/#/experiments/{self.experiment_id}" if base.startswith(("http://", "https://")) else base
 
     # -- the worker thread ----------------------------------------------------------------------
+    MAX_FAILURES_IN_A_ROW = 3  # then the server is taken to be gone: the rest is dropped (--resume logs it)
+
     def _work(self) -> None:
+        in_a_row = 0
         while True:
             job = self._queue.get()
             if job is None:
                 return
+            if isinstance(job, threading.Event):  # a flush marker
+                job.set()
+                continue
+            if in_a_row >= self.MAX_FAILURES_IN_A_ROW:
+                self.dropped += 1
+                continue
             try:
                 job()
+                in_a_row = 0
             except Exception as exc:  # noqa: BLE001 - logging never stops a study
+                in_a_row += 1
                 msg = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
-                if len(self.errors) < 3:
+                if len(self.errors) < self.MAX_FAILURES_IN_A_ROW:
                     log.warning("MLflow (%s): %s", self.uri, msg)
+                if in_a_row == self.MAX_FAILURES_IN_A_ROW:
+                    log.warning("MLflow (%s): %d writes failed in a row; no more logging in this session (the "
+                                "Parquet records are complete: run the study again with --resume and --mlflow "
+                                "to log the rest)", self.uri, in_a_row)
                 self.errors.append(msg)
 
     def _submit(self, fn: Callable[..., None], *args: Any, **kw: Any) -> None:
@@ -179,7 +195,7 @@ class MlflowSink:
     def flush(self, timeout_s: float = 300.0) -> bool:
         """Wait until everything submitted so far is written (at most ``timeout_s``)."""
         done = threading.Event()
-        self._queue.put(done.set)
+        self._queue.put(done)
         return done.wait(timeout_s)
 
     def close(self, timeout_s: float = 300.0) -> None:
@@ -250,7 +266,8 @@ class MlflowSink:
     def _log_params(self, run: dict[str, Any], params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        todo = [Param(metric_name(k), _param_value(v)) for k, v in sorted(params.items()) if metric_name(k) not in run["params"]]
+        todo = [Param(metric_name(k), _param_value(v)) for k, v in sorted(params.items())
+                if metric_name(k) not in run["params"]]
         for i in range(0, len(todo), _BATCH):
             self.client.log_batch(run["id"], params=todo[i:i + _BATCH])
         run["params"].update(p.key for p in todo)
@@ -287,7 +304,8 @@ class MlflowSink:
         if not path.is_file():
             return
         row = pd.read_parquet(path).iloc[0].to_dict()
-        run = self._run(record_id, name or run_name(row), {**tags, **{k: row.get(k) for k in ("role", "setting") if k in row}})
+        run = self._run(record_id, name or run_name(row),
+                        {**tags, **{k: row.get(k) for k in ("role", "setting") if k in row}})
         if run["done"]:
             return
         config_keys = TrainConfig().to_flat().keys()

@@ -224,8 +224,8 @@ class NamesCallback(Callback):
         if params is None or not (SETTING_KEY in params or MEMBERS_KEY in params):
             return  # a search trial: its evaluated_params are the searched keys already
         for key, value in dict(trial.config or {}).items():
-            if key not in params and key not in PATH_KEYS and (key in (SETTING_KEY, SEED_KEY, COHORT_KEY) or "." in key) \
-                    and _scalar(value):
+            named = key in (SETTING_KEY, SEED_KEY, COHORT_KEY) or "." in key
+            if named and key not in params and key not in PATH_KEYS and _scalar(value):
                 params[key] = value
 
 

@@ -61,6 +61,11 @@ def _num(value: Any) -> float:
     return x
 
 
+def _int(value: Any, default: int = 0) -> int:
+    x = _num(value)
+    return int(x) if math.isfinite(x) else default
+
+
 def _fmt(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}f}" if math.isfinite(x) else "-"
 
@@ -111,10 +116,17 @@ class StudyProgress:
         self.phase_t0 = self.t0
         self.lock = threading.RLock()
         self.events: list[str] = []  # lines for the plain view (starts, finishes, failures)
+        self.history: list[str] = []  # one line per finished phase (the teachers), for the live view
 
     # -- writers (Tune callbacks) ---------------------------------------------------------------
     def start_phase(self, phase: str, planned: int, iterations: int) -> None:
         with self.lock:
+            if self.phase and self.members:  # what the previous phase came to, kept on screen
+                done = [m for m in self.members.values() if m.status in (DONE, STOPPED)]
+                failed = [m for m in self.members.values() if m.status == FAILED]
+                what = "; ".join(f"{m.label}: val mIoU {_fmt(m.val_miou)}" for m in done[:4])
+                self.history.append(f"{self.phase}: {len(done)} done, {len(failed)} failed in "
+                                    f"{fmt_duration(time.monotonic() - self.phase_t0)}" + (f" ({what})" if what else ""))
             self.phase, self.planned, self.iterations = phase, int(planned), int(iterations)
             self.members = {}
             self.phase_t0 = time.monotonic()
@@ -215,13 +227,15 @@ class StudyProgress:
             eta = left / sum(rates) if rates and left else (0.0 if not running and not pending else math.nan)
             best: dict[str, dict[str, Any]] = {}
             for m in members:
-                b = best.setdefault(m.setting, {"setting": m.setting, "best": math.nan, "label": "", "done": 0, "runs": 0})
+                b = best.setdefault(m.setting, {"setting": m.setting, "best": math.nan, "label": "", "done": 0,
+                                                "runs": 0})
                 b["runs"] += 1
                 b["done"] += m.status in (DONE, STOPPED)
                 v = m.best_miou
                 if math.isfinite(v) and not (v <= b["best"]):
                     b["best"], b["label"] = v, m.label
             return {"study": self.study, "phase": self.phase, "planned": max(self.planned, len(members)),
+                    "history": list(self.history),
                     "running": running, "done": done, "failed": failed, "pending": pending,
                     "elapsed": now - self.t0, "phase_elapsed": now - self.phase_t0, "eta": eta, "now": now,
                     "best": sorted(best.values(), key=lambda b: -b["best"] if math.isfinite(b["best"]) else math.inf)}
@@ -335,6 +349,44 @@ class ProgressCallback(Callback):
             hub[2].tick()
 
 
+def recorded(ctx: TrialContext) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(record id, label, setting, row) of the study's students already in Parquet (a resumed study),
+    each named by the variant its config matches."""
+    import warnings
+
+    from ..results import read_trials
+    from .names import setting_names
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            df = read_trials(ctx.results_root, ctx.study)
+        except Exception:  # noqa: BLE001 - nothing recorded yet
+            return []
+    if df.empty:
+        return []
+    names = list(ctx.setting_names) or setting_names(ctx.variants, ctx.base_flat)
+    out = []
+    for row in df.to_dict("records"):
+        if row.get("role") == "teacher":
+            continue
+        setting = str(row.get("trial_id"))
+        for name, variant in zip(names, ctx.variants):
+            if all(_same(row.get(k), v) for k, v in variant.items() if "." in k and not k.startswith("tag.")):
+                setting = name
+                break
+        out.append((str(row["trial_id"]), member_label(setting, _int(row.get("run.seed"))), setting, row))
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(b, float) or isinstance(a, float):
+        if not math.isfinite(_num(b)):
+            return str(a) == str(b)
+        return math.isclose(_num(a), _num(b), rel_tol=1e-12, abs_tol=0.0)
+    return str(a) == str(b)
+
+
 # -- views ---------------------------------------------------------------------------------------
 class View:
     """Shows a StudyProgress; ``tick`` is called from Tune's loop (often), ``close`` once at the end."""
@@ -392,7 +444,8 @@ def summary_lines(s: Mapping[str, Any]) -> list[str]:
     """The plain view's periodic block: one line for the phase, one per running configuration."""
     done, failed, running = len(s["done"]), len(s["failed"]), len(s["running"])
     stopped = sum(1 for m in s["done"] if m.status == STOPPED)
-    head = (f"{s['study']} {s['phase']}: {done}/{s['planned']} done" + (f" ({stopped} stopped early)" if stopped else "")
+    head = (f"{s['study']} {s['phase']}: {done}/{s['planned']} done"
+            + (f" ({stopped} stopped early)" if stopped else "")
             + f", {failed} failed, {running} running, {s['pending']} pending; ETA {fmt_duration(s['eta'])}")
     lines = [head]
     for m in s["running"]:
@@ -449,7 +502,7 @@ def render(s: Mapping[str, Any]) -> Any:
     head.append(f"{failed} failed", style="red" if failed else "")
     head.append(f", {running} running, {s['pending']} pending   elapsed {fmt_duration(s['elapsed'])}   "
                 f"ETA {fmt_duration(s['eta'])}")
-    parts: list[Any] = [head]
+    parts: list[Any] = [head] + [Text(f"  {line}", style="dim") for line in s.get("history", [])]
     if s["running"]:
         t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", expand=False)
         for name, justify in (("running", "left"), ("progress", "left"), ("it", "right"), ("loss", "right"),
@@ -533,8 +586,14 @@ class StudyMonitor:
     def attach(self, key: str, ctx: TrialContext, phase: str, planned: int, iterations: int) -> None:
         """Route the :class:`ProgressCallback` of key ``key`` (a Tune experiment's directory) here,
         for one phase (:data:`TEACHERS` or :data:`TRIALS`) of ``planned`` configurations of
-        ``iterations`` each."""
+        ``iterations`` each. In the trials phase, configurations a resumed study already recorded
+        count as done (or failed) from the start."""
         self.progress.start_phase(phase, planned, iterations)
+        if phase == TRIALS:
+            for key_, label, setting, row in recorded(ctx):
+                self.progress.member_started(key_, label, setting, _int(row.get("optim.iterations")))
+                self.progress.member_finished(key_, row)
+            self.progress.take_events()  # not news
         _ACTIVE[key] = (ctx, self.progress, self.view, phase)
         self.view.tick()
 

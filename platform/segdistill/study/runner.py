@@ -100,7 +100,9 @@ def run_study(spec: StudySpec, *, results_root: str | Path = "results", address:
         raise ValueError(f"run_study(progress={progress!r}): must be one of {PROGRESS_MODES}")
     if preflight:
         preflight_spec(spec)
-    sink = mlflow_log.connect(mlflow, spec.name, tags={"segdistill.study": spec.name, **dict(spec.tags)}) if mlflow else None
+    sink = None
+    if mlflow:  # before anything trains: an unusable URI is an error now, not after the teacher
+        sink = mlflow_log.connect(mlflow, spec.name, tags={"segdistill.study": spec.name, **dict(spec.tags)})
     try:
         return _run_study(spec, results_root=results_root, address=address, resume=resume, overwrite=overwrite,
                           zoo=zoo, verbose=verbose, dashboard=dashboard, num_cpus=num_cpus, preflight=preflight,
@@ -183,25 +185,26 @@ def _trainable(ctx: TrialContext) -> Any:
     from ray.tune.trainable.function_trainable import wrap_function
 
     fn = tune.with_parameters(train_trainable if ctx.shape == "train" else inline_trainable, ctx=ctx)
-    cls = _named(wrap_function(fn))
     r = ctx.resources
     if ctx.shape == "train":
         # The trial is only a driver for its Train workers: no CPU (a token of memory, since Tune
         # rejects an empty resource request), so its workers can use every core.
-        return tune.with_resources(cls, {"CPU": 0, "memory": 1 << 20})
-    return tune.with_resources(cls, {"CPU": r.cpus, "GPU": r.gpus})
+        fn = tune.with_resources(fn, {"CPU": 0, "memory": 1 << 20})
+    else:
+        fn = tune.with_resources(fn, {"CPU": r.cpus, "GPU": r.gpus})
+    return _named(wrap_function(fn), fn.__name__)
 
 
-def _named(cls: type) -> type:
-    """The trainable class, its actors shown by their trial's name: Ray takes an actor's ``repr`` for
-    the dashboard's actor list and the prefix of its forwarded output (``(beta=0.3 seed 1 (8452e_00003)
-    pid=...)``) instead of ``inline_trainable``."""
+def _named(cls: type, name: str) -> type:
+    """The trainable class (Tune's name for it: ``name``), its actors shown by their trial's name: Ray
+    takes an actor's ``repr`` for the dashboard's actor list and the prefix of its forwarded output
+    (``(beta=0.3 seed 1 (8452e_00003) pid=...)``) instead of ``inline_trainable``."""
 
     class Named(cls):  # type: ignore[misc, valid-type]
         def __repr__(self) -> str:
             return getattr(self, "trial_name", None) or super().__repr__()
 
-    Named.__name__ = Named.__qualname__ = cls.__name__
+    Named.__name__ = Named.__qualname__ = name
     return Named
 
 

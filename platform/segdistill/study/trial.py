@@ -141,7 +141,8 @@ class ProgressReports:
 
     def from_eval(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """An evaluation report with the latest loss terms added."""
-        self.last_eval = {"val_miou": metrics.get("val_miou", math.nan), "best_miou": metrics.get("best_miou", math.nan)}
+        self.last_eval = {"val_miou": metrics.get("val_miou", math.nan),
+                          "best_miou": metrics.get("best_miou", math.nan)}
         return {**self.last_log, **metrics}
 
 
