@@ -345,6 +345,18 @@ def test_mlflow_has_one_run_per_configuration_with_its_results(cohort_study):
         "method=hwd beta=0.1 seed 0", "method=hwd beta=0.9 seed 0", "method=cwd alpha=1e+38 seed 0"}
     assert {runs[t].data.tags["cohort_id"] for t in students["trial_id"]} == set(students["cohort_id"])
 
+    # a resumed study's sync finds every run again by its record id: nothing is logged twice
+    from segdistill.study.mlflow_log import connect
+
+    before = {rid: len(client.get_metric_history(r.info.run_id, "val/miou")) for rid, r in runs.items()}
+    sink = connect(uri, "observe_cohort")
+    sink.sync(str(root), "observe_cohort")
+    sink.close()
+    again = client.search_runs([exp.experiment_id], max_results=100)
+    assert len(again) == len(runs) and not sink.errors
+    assert {r.data.tags["segdistill.record_id"]: len(client.get_metric_history(r.info.run_id, "val/miou"))
+            for r in again} == before
+
 
 def _hparams(event_file: Path) -> dict:
     """The hparams TensorBoard shows for a trial: its events file's session-start hparams."""

@@ -123,7 +123,7 @@ def connect(uri: str, experiment: str, *, tags: Mapping[str, Any] | None = None,
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise MlflowUnavailableError(
                 f"MLflow tracking URI {uri!r} cannot be used ({type(exc).__name__}: {first[:300]}); start the "
-                f"server (e.g. `mlflow server --host 127.0.0.1 --port 5000`) or fix --mlflow; nothing was trained"
+                f"server (e.g. mlflow server --host 127.0.0.1 --port 5000) or fix --mlflow; nothing was trained"
             ) from None
     sink = MlflowSink(client, uri, exp_id, experiment)
     print(f"MLflow: study {experiment!r} logs to experiment {exp_id} at {sink.experiment_url()}", flush=True)

@@ -28,8 +28,8 @@ from ray.tune.schedulers import ASHAScheduler
 from ..results import read_trials
 from . import mlflow_log
 from .callbacks import StudyCallback, reconcile
-from .dashboard import OPTUNA_FILE
 from .cohort_trial import cohorts_apply, plan_cohorts
+from .dashboard import OPTUNA_FILE
 from .names import (SEED_KEY, SETTING_KEY, NamesCallback, cohort_space, fixed_space, grid_space, setting_names,
                     trial_dirname, trial_name)
 from .preflight import check_cluster, preflight_spec
