@@ -123,10 +123,11 @@ def member_label(setting: str, seed: int) -> str:
 
 
 # -- Tune parameter spaces ----------------------------------------------------------------------
-def _resolved(table: Mapping[str, Any], key: str, spec: Any) -> Any:
-    """``tune.sample_from`` resolver: the value of ``key`` for the trial's setting (module level and
-    used through functools.partial, so Tune can pickle the space into its experiment state)."""
-    return table[spec.config[SETTING_KEY]][key]
+def _resolved(table: Mapping[str, Any], key: str, config: Mapping[str, Any]) -> Any:
+    """``tune.sample_from`` resolver: the value of ``key`` for the trial's setting (``config`` is the
+    trial's config with its grid values; module level and used through functools.partial, so Tune can
+    pickle the space into its experiment state)."""
+    return table[config[SETTING_KEY]][key]
 
 
 def grid_space(variants: Sequence[Mapping[str, Any]], names: Sequence[str], seeds: Sequence[int],
@@ -144,8 +145,8 @@ def grid_space(variants: Sequence[Mapping[str, Any]], names: Sequence[str], seed
     return space
 
 
-def _cohort_value(key: str, spec: Any) -> Any:
-    members = spec.config[MEMBERS_KEY]
+def _cohort_value(key: str, config: Mapping[str, Any]) -> Any:
+    members = config[MEMBERS_KEY]
     if key == SEED_KEY:
         return int(members[0][1])
     return ", ".join(str(name) for name, _ in members)
