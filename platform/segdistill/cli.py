@@ -100,13 +100,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .models import MODELS
 
     if args.complexity:
-        from .models import build_model, count_flops, count_params
+        import torch
 
-        print(f"{'model':<22} {'params':>9} {'GFLOPs@512':>11}   ({args.classes} classes, output stride 8, aux head excluded)")
+        from .models import build_model, count_flops, count_params, count_reference_macs
+
+        print(f"{args.classes} classes, output stride 8, 512x512 input. params: with / without the aux head; GFLOPs: "
+              "forward FLOPs (2 per multiply-add, no aux head); paper GMACs: the reference code's counter (the "
+              "paper's 'FLOPs' column: dilation ignored, aux head included; docs/REFERENCE.md)")
+        print(f"{'model':<22} {'params':>9} {'(no aux)':>9} {'GFLOPs':>8} {'paper GMACs':>12}")
         for name in sorted(MODELS):
-            params = count_params(build_model(name, args.classes, aux=False))
+            with torch.device("meta"):
+                params = count_params(build_model(name, args.classes, aux=True))
+                params_no_aux = count_params(build_model(name, args.classes, aux=False))
             gflops = count_flops(name, args.classes, size=512) / 1e9
-            print(f"{name:<22} {params / 1e6:8.2f}M {gflops:11.1f}")
+            paper = count_reference_macs(name, args.classes, size=512) / 1e9
+            print(f"{name:<22} {params / 1e6:8.2f}M {params_no_aux / 1e6:8.2f}M {gflops:8.1f} {paper:12.1f}")
         return 0
     info = {"models": sorted(MODELS), "datasets": sorted(DATASETS), "methods": ["none", *sorted(METHODS)],
             "config_keys": sorted(TrainConfig().to_flat())}

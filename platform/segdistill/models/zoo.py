@@ -44,6 +44,7 @@ from segdistill.models.segmentor import SegmentationModel
 from segdistill.models.weights import load_backbone_weights
 
 ASPP_RATES_OS8: tuple[int, int, int] = (12, 24, 36)
+OUTPUT_STRIDES: tuple[int, ...] = (4, 8, 16)  # of a segmentation model (backbones alone also take 32)
 PSP_BINS: tuple[int, int, int, int] = (1, 2, 3, 6)
 
 
@@ -200,20 +201,22 @@ def build_model(
     aux: bool = True,
     pretrained: str = "",
 ) -> SegmentationModel:
-    """Build a registered model; ``pretrained`` is a local torchvision-format backbone state dict.
+    """Build a registered model; ``pretrained`` is a local ImageNet backbone file (the reference
+    code's or torchvision's, see :mod:`segdistill.models.weights`) or a directory of reference files.
 
     Raises ValueError for an unknown ``arch`` (listing the known ones), a bad ``num_classes`` or
-    ``output_stride``, or weights that do not fit (see ``load_backbone_weights``);
+    ``output_stride`` (4, 8 or 16), or weights that do not fit (``WeightsError``, a ValueError);
     FileNotFoundError when ``pretrained`` names a missing file.
     """
     factory = get_factory(arch)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    stage_dilations(output_stride)  # raises ValueError for an unsupported output stride
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES} for a segmentation model, got {output_stride}")
     model = factory(num_classes, output_stride=output_stride, aux=aux)
     if pretrained:
         load_backbone_weights(model, pretrained)
     return model  # type: ignore[return-value]
 
 
-__all__ = ["ASPP_RATES_OS8", "MODELS", "PSP_BINS", "aspp_rates", "build_model"]
+__all__ = ["ASPP_RATES_OS8", "MODELS", "OUTPUT_STRIDES", "PSP_BINS", "aspp_rates", "build_model"]
