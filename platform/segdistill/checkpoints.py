@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import IMAGENET_PREPROCESSING, PREPROCESSING_KEYS, REFERENCE_PREPROCESSING, ConfigError, DataConfig
+from .data import Preprocessing, preprocessing_of
 from .models import build_model
 from .models.reference import REFERENCE_MODELS, looks_like_reference, reference_key_map, reference_num_classes
 from .models.weights import WeightsError, as_state_dict, check_fit, read_weights_file
@@ -202,6 +203,19 @@ def check_preprocessing(expected: Mapping[str, Any], data: DataConfig, *, field:
                       f"gives: {wrong}; set {fix}")
 
 
+def preprocessing_of_file(file: ModelFile) -> Preprocessing:
+    """The input preprocessing a model file's weights expect."""
+    return preprocessing_of(DataConfig(**{k.split(".", 1)[1]: v for k, v in file.preprocessing.items()}))
+
+
+def eval_align_corners_of_file(file: ModelFile) -> bool:
+    """The evaluation upsampling a model file was trained with (True for reference files, whose code
+    always uses align_corners=True; the training config's ``model.eval_align_corners`` otherwise)."""
+    if file.format == "reference":
+        return True
+    return bool((file.config or {}).get("model.eval_align_corners", False))
+
+
 def describe_format(file: ModelFile) -> str:
     """A phrase for messages: what kind of model file this is."""
     return {"reference": "a reference-code checkpoint (BGR input minus the Caffe means, no std)",
@@ -210,4 +224,4 @@ def describe_format(file: ModelFile) -> str:
 
 
 __all__ = ["BACKBONE_PREPROCESSING", "CheckpointError", "FORMATS", "MODEL_FORMAT", "ModelFile", "check_preprocessing",
-           "describe_format", "identify_reference_arch", "load_model", "read_model_file", "reference_state_for"]
+           "describe_format", "eval_align_corners_of_file", "identify_reference_arch", "preprocessing_of_file", "load_model", "read_model_file", "reference_state_for"]

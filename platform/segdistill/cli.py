@@ -1,9 +1,12 @@
-"""Command line: ``segdistill {distill,train,info,report}`` (also ``python -m segdistill``).
+"""Command line: ``segdistill {distill,train,info,export,report}`` (also ``python -m segdistill``).
 
 - ``distill``: train a teacher on the synthetic default (or reuse it), then distil students with
   the chosen methods, printing one row per run. The quickest end-to-end look at the core.
 - ``train``: one run from flat ``--set section.field=value`` overrides.
-- ``info``: registered models, datasets and methods.
+- ``info``: registered models, datasets and methods (``--complexity``: parameters and FLOPs).
+- ``export``: a model file (segdistill ``model.pt`` / ``state.pt`` or a reference-code checkpoint) to
+  the reference code's layout (``--to reference``) or to a standalone ``torch.export`` program that
+  plain PyTorch runs without segdistill (``--to pt2``).
 - ``report``: regenerate tables and figures from a results tree (``python -m analysis``).
 Sweeps on Ray live in ``experiments/*.py`` (see the README).
 """
@@ -122,6 +125,32 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoints import eval_align_corners_of_file, load_model, preprocessing_of_file, read_model_file
+    from .export import export_program, export_reference
+
+    try:
+        file = read_model_file(args.model)
+        model, file = load_model(file, arch=args.arch, aux=args.to == "reference")
+        if args.to == "reference":
+            out = export_reference(model, args.out)
+    except (ValueError, FileNotFoundError) as exc:  # a file that does not fit, a model without a reference layout
+        print(f"segdistill export: {exc}", file=sys.stderr)
+        return 2
+    if args.to == "reference":
+        print(f"wrote {out}: the reference code's state dict of {model.arch} ({file.num_classes} classes"
+              f"{', with its aux head' if model.aux_head is not None else ''})")
+        return 0
+    prep = preprocessing_of_file(file)
+    meta = {"arch": model.arch, "num_classes": file.num_classes, "source": str(file.path), "source_format": file.format}
+    out = export_program(model.eval(), args.out, preprocessing=prep, align_corners=eval_align_corners_of_file(file),
+                         metadata=meta)
+    print(f"wrote {out}: {model.arch} ({file.num_classes} classes) as a torch.export program; in plain PyTorch:\n"
+          f"  ep = torch.export.load({str(out)!r})\n"
+          "  logits = ep.module()(image.float())  # (B, 3, H, W) RGB in [0, 255] -> (B, C, H, W) logits")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import runpy
 
@@ -162,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--classes", type=int, default=150)
     i.set_defaults(fn=cmd_info)
 
+    e = sub.add_parser("export", help="a model file to the reference code's layout or a standalone torch.export program")
+    e.add_argument("model", help="model.pt / state.pt written by segdistill, or a reference-code checkpoint (.pth)")
+    e.add_argument("--to", choices=("reference", "pt2"), required=True,
+                   help="reference: torch.save(state_dict) with the reference's keys (its eval.py reads it); "
+                        "pt2: torch.export program with preprocessing and upsampling, no segdistill needed")
+    e.add_argument("--out", required=True, help="output file (.pth for reference, .pt2 for pt2)")
+    e.add_argument("--arch", default=None, help="architecture of a reference-code checkpoint (it does not say), "
+                   "e.g. deeplabv3_r101; checked against segdistill files")
+    e.set_defaults(fn=cmd_export)
+
     r = sub.add_parser("report", help="tables and figures from a results tree")
     r.add_argument("--results", default="results")
     r.add_argument("--out", default="reports")
@@ -171,10 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .models.weights import WeightsError
+
     try:
         return args.fn(args)
     except ConfigError as exc:
         print(f"segdistill: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (WeightsError, FileNotFoundError) as exc:
+        print(f"segdistill: {exc}", file=sys.stderr)
         return 2
 
 

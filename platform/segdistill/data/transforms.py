@@ -29,9 +29,10 @@ class Preprocessing:
     channels in ``channel_order``. ``mean`` and ``std`` are per colour in (R, G, B) order, on the scale
     after the division (the ``data.*`` fields of the same names, ``segdistill.config``).
 
-    Computed in float32 as torchvision's ``ToTensor`` + ``Normalize`` do. With ``scale = std = 1`` (the
-    reference's convention) that is ``float32(pixel) - float32(mean)``, which can differ from the
-    reference's float64 subtraction by one float32 rounding (<= 7.6e-6 on values below 128).
+    Arithmetic: in float32, as torchvision's ``ToTensor`` + ``Normalize`` do; except that with unit
+    scale and std (the reference's convention: a plain mean subtraction) the subtraction runs in
+    float64 and is rounded once to float32, as the reference's numpy code does (datasets.py: float32
+    image minus a float64 mean), so its inputs are reproduced bit for bit.
     """
 
     channel_order: str = "rgb"
@@ -45,21 +46,32 @@ class Preprocessing:
         if len(self.mean) != 3 or len(self.std) != 3 or self.scale <= 0 or min(self.std) <= 0:
             raise ValueError(f"need 3 means, 3 positive stds and a positive scale, got {self}")
 
-    def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stats(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std), each (3, 1, 1), in the model's channel order."""
         order = [0, 1, 2] if self.channel_order == "rgb" else [2, 1, 0]
-        mean = torch.tensor([self.mean[i] for i in order], dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor([self.std[i] for i in order], dtype=torch.float32).view(3, 1, 1)
+        mean = torch.tensor([self.mean[i] for i in order], dtype=dtype).view(3, 1, 1)
+        std = torch.tensor([self.std[i] for i in order], dtype=dtype).view(3, 1, 1)
         return mean, std
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """``uint8 or float (3, H, W)`` RGB in [0, 255] -> ``float32 (3, H, W)`` model input."""
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected an image of shape (3, H, W), got {tuple(image.shape)}")
+        if self.subtract_only:  # x - mean in float64, one rounding (the reference's numpy arithmetic)
+            x = image.to(torch.float32).to(torch.float64)
+            if self.channel_order == "bgr":
+                x = x.flip(0)
+            return (x - self._stats(torch.float64)[0]).to(torch.float32)
         x = image.to(torch.float32).div(self.scale)
         if self.channel_order == "bgr":
             x = x.flip(0)
         mean, std = self._stats()
         return (x - mean) / std
+
+    @property
+    def subtract_only(self) -> bool:
+        """True when preprocessing is a plain mean subtraction (unit scale and std)."""
+        return self.scale == 1.0 and all(s == 1.0 for s in self.std)
 
     def invert(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of ``__call__`` for figures: ``float32 (3, H, W)`` -> ``uint8 (3, H, W)`` RGB."""
