@@ -475,3 +475,20 @@ def test_figures_show_the_rgb_image_under_bgr_preprocessing(tmp_path: Path) -> N
     _, samples = trainer.collect_extras()
     src = trainer.val_ds.source.load(0)[0]
     assert np.array_equal(samples[0]["image"], src.permute(1, 2, 0).numpy())
+
+
+def test_teacher_recipe_keeps_a_pretrained_directory(tmp_path: Path) -> None:
+    """A directory of reference ImageNet files serves the zoo teacher too (resnet101-imagenet.pth);
+    a single file is the student's backbone only."""
+    from segdistill.study import TeacherRecipe
+
+    recipe = TeacherRecipe("deeplabv3_r101")
+    student = TrainConfig().replace(**{"model.arch": "deeplabv3_r18", "model.pretrained": str(tmp_path)})
+    assert recipe.config_for(student).model.pretrained == str(tmp_path)
+    single = student.replace(**{"model.pretrained": str(tmp_path / "resnet18-imagenet.pth")})
+    assert recipe.config_for(single).model.pretrained == ""
+
+
+def test_cli_train_preset_paper_needs_a_data_root(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["train", "--preset", "paper", "--set", "optim.iterations=1"]) == 2
+    assert "needs --data-root" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 - ``distill``: train a teacher on the synthetic default (or reuse it), then distil students with
   the chosen methods, printing one row per run. The quickest end-to-end look at the core.
-- ``train``: one run from flat ``--set section.field=value`` overrides.
+- ``train``: one run from flat ``--set section.field=value`` overrides (on the defaults, a ``--config``
+  JSON file or a study ``--preset``).
 - ``info``: registered models, datasets and methods (``--complexity``: parameters and FLOPs).
 - ``export``: a model file (segdistill ``model.pt`` / ``state.pt`` or a reference-code checkpoint) to
   the reference code's layout (``--to reference``) or to a standalone ``torch.export`` program that
@@ -57,7 +58,17 @@ def _summary_line(name: str, result: Any) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import fit
 
-    base = TrainConfig.from_json(Path(args.config).read_text()) if args.config else TrainConfig()
+    if args.config and args.preset:
+        raise ConfigError("give --config or --preset, not both")
+    if args.preset:  # the study presets' base config (segdistill.study.presets), without Ray
+        from .study.presets import get_preset
+
+        try:
+            base = get_preset(args.preset, data_root=args.data_root, dataset=args.dataset).base
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    else:
+        base = TrainConfig.from_json(Path(args.config).read_text()) if args.config else TrainConfig()
     cfg = base.replace(**parse_overrides(args.set))
     result = fit(cfg, resume=not args.fresh)
     print(_summary_line(cfg.distill.method, result))
@@ -168,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="one training run from flat config overrides")
     t.add_argument("--config", help="JSON file with a flat config (TrainConfig.to_json())")
+    t.add_argument("--preset", choices=("smoke", "demo", "paper"), default=None,
+                   help="start from a study preset's base config (paper: the paper's recipe and the reference "
+                        "code's conventions; needs --data-root)")
+    t.add_argument("--data-root", default="", help="dataset directory (with --preset paper)")
+    t.add_argument("--dataset", default=None, help="dataset name for --preset (paper default: ade20k)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. distill.method=hwd optim.iterations=200")
     t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in run.out_dir")
     t.set_defaults(fn=cmd_train)
