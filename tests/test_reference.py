@@ -492,3 +492,17 @@ def test_teacher_recipe_keeps_a_pretrained_directory(tmp_path: Path) -> None:
 def test_cli_train_preset_paper_needs_a_data_root(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["train", "--preset", "paper", "--set", "optim.iterations=1"]) == 2
     assert "needs --data-root" in capsys.readouterr().err
+
+
+def test_cli_evaluate_a_reference_checkpoint(tmp_path: Path, ref_files, capsys: pytest.CaptureFixture[str]) -> None:
+    """``segdistill evaluate`` scores a reference file with the config's evaluation, after checking
+    its preprocessing (refused without the reference's)."""
+    path = str(ref_files("psp_resnet18"))
+    small = ["data.num_classes=19", "data.image_size=32", "data.crop_size=32", "data.train_images=2",
+             "data.val_images=2", "run.device=cpu", f"run.out_dir={tmp_path}"]
+    reference = [f"{k}={v}" for k, v in {**REFERENCE_PREPROCESSING, **REFERENCE_UPSAMPLING}.items()]
+    assert cli_main(["evaluate", path, "--arch", "pspnet_r18", "--set", *small, *reference]) == 0
+    out = capsys.readouterr().out
+    assert "pspnet_r18 on synthetic val (2 images, eval_align_corners=True): mIoU" in out
+    assert cli_main(["evaluate", path, "--arch", "pspnet_r18", "--set", *small]) == 2
+    assert "expect other input preprocessing" in capsys.readouterr().err

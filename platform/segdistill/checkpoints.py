@@ -157,8 +157,8 @@ def load_model(path: str | PathLike[str] | ModelFile, *, arch: str | None = None
                aux: bool = False, output_stride: int | None = None) -> tuple[nn.Module, ModelFile]:
     """Build the model a file holds and load its weights (strictly; nothing is loaded unless all fit).
 
-    ``arch`` / ``num_classes``: what the caller expects (a mismatch raises :class:`CheckpointError`
-    naming both); a reference file needs ``arch``. ``aux``: build the aux head too (its weights must
+    ``arch`` / ``num_classes``: what the caller expects (a mismatch raises ValueError naming both;
+    the messages keep the teacher wording of docs/ERRORS.md); a reference file needs ``arch``. ``aux``: build the aux head too (its weights must
     then be in the file); without it the file's aux weights are dropped. Returns ``(model on the
     CPU in train mode, the ModelFile)``."""
     file = path if isinstance(path, ModelFile) else read_model_file(path)
@@ -171,10 +171,10 @@ def load_model(path: str | PathLike[str] | ModelFile, *, arch: str | None = None
     else:
         t_arch = str(file.arch)
         if arch is not None and t_arch != arch:
-            raise CheckpointError(f"teacher checkpoint {file.path} holds architecture {t_arch!r}, but distill.teacher_arch is {arch!r}")
+            raise ValueError(f"teacher checkpoint {file.path} holds architecture {t_arch!r}, but distill.teacher_arch is {arch!r}")
     if num_classes is not None and file.num_classes != num_classes:
-        raise CheckpointError(f"teacher checkpoint {file.path} predicts {file.num_classes} classes, but the dataset has "
-                              f"{num_classes}")
+        raise ValueError(f"teacher checkpoint {file.path} predicts {file.num_classes} classes, but the dataset has "
+                         f"{num_classes}")
     if aux and not file.has_aux:
         aux = False  # the file has none (e.g. MobileNetV2 models): build without it
     model = build_model(t_arch, file.num_classes, output_stride=output_stride or file.output_stride, aux=aux)

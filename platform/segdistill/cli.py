@@ -1,10 +1,11 @@
-"""Command line: ``segdistill {distill,train,info,export,report}`` (also ``python -m segdistill``).
+"""Command line: ``segdistill {distill,train,info,evaluate,export,report}`` (also ``python -m segdistill``).
 
 - ``distill``: train a teacher on the synthetic default (or reuse it), then distil students with
   the chosen methods, printing one row per run. The quickest end-to-end look at the core.
 - ``train``: one run from flat ``--set section.field=value`` overrides (on the defaults, a ``--config``
   JSON file or a study ``--preset``).
 - ``info``: registered models, datasets and methods (``--complexity``: parameters and FLOPs).
+- ``evaluate``: score a model file (segdistill's or the reference code's) on a validation split.
 - ``export``: a model file (segdistill ``model.pt`` / ``state.pt`` or a reference-code checkpoint) to
   the reference code's layout (``--to reference``) or to a standalone ``torch.export`` program that
   plain PyTorch runs without segdistill (``--to pt2``).
@@ -55,21 +56,24 @@ def _summary_line(name: str, result: Any) -> str:
             f"{result.wall_time_s:7.1f} s  {result.images_per_s:7.1f} img/s")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .train import fit
-
+def _base_config(args: argparse.Namespace) -> TrainConfig:
+    """The defaults, a ``--config`` JSON file or a study ``--preset``'s base config."""
     if args.config and args.preset:
         raise ConfigError("give --config or --preset, not both")
     if args.preset:  # the study presets' base config (segdistill.study.presets), without Ray
         from .study.presets import get_preset
 
         try:
-            base = get_preset(args.preset, data_root=args.data_root, dataset=args.dataset).base
+            return get_preset(args.preset, data_root=args.data_root, dataset=args.dataset).base
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    else:
-        base = TrainConfig.from_json(Path(args.config).read_text()) if args.config else TrainConfig()
-    cfg = base.replace(**parse_overrides(args.set))
+    return TrainConfig.from_json(Path(args.config).read_text()) if args.config else TrainConfig()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import fit
+
+    cfg = _base_config(args).replace(**parse_overrides(args.set))
     result = fit(cfg, resume=not args.fresh)
     print(_summary_line(cfg.distill.method, result))
     print(f"checkpoint: {result.checkpoint_dir}\nmodel: {result.model_path}")
@@ -133,6 +137,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = {"models": sorted(MODELS), "datasets": sorted(DATASETS), "methods": ["none", *sorted(METHODS)],
             "config_keys": sorted(TrainConfig().to_flat())}
     print(json.dumps(info, indent=1))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a model file (segdistill's or the reference code's) on a dataset's validation split with
+    the trainer's evaluation (whole images, ``model.eval_align_corners`` upsampling, mIoU over the
+    classes present)."""
+    from .checkpoints import check_preprocessing, describe_format, load_model, read_model_file
+    from .train import Trainer
+
+    file = read_model_file(args.model)
+    arch = args.arch or file.arch
+    if arch is None:
+        raise ConfigError(f"{args.model} is a reference-code checkpoint, which does not name its architecture; give --arch")
+    flat = {"model.arch": arch, "model.pretrained": "", "model.aux": False, "distill.method": "none",
+            "distill.teacher_arch": "", "distill.teacher_checkpoint": "", "run.embedding_pixels": 0,
+            "run.sample_images": 0, "run.progress": False, "run.out_dir": args.out_dir,
+            **parse_overrides(args.set)}
+    cfg = _base_config(args).replace(**flat)
+    model, file = load_model(file, arch=arch, aux=False)
+    check_preprocessing(file.preprocessing, cfg.data, field="model", value=args.model, why=describe_format(file))
+    trainer = Trainer(cfg)
+    if file.num_classes != trainer.num_classes:
+        raise ConfigError(f"{args.model} predicts {file.num_classes} classes, but {cfg.data.name} has {trainer.num_classes}")
+    trainer.student.load_state_dict(model.state_dict())
+    conf = trainer.evaluate()["conf"]
+    print(f"{arch} on {cfg.data.name} val ({len(trainer.val_ds)} images, eval_align_corners="
+          f"{cfg.model.eval_align_corners}): mIoU {conf['miou']:.4f}  pixel acc {conf['pixel_acc']:.4f}  "
+          f"mean acc {conf['mean_acc']:.4f}  classes present {conf['classes_present']}")
     return 0
 
 
@@ -206,6 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--complexity", action="store_true", help="params and FLOPs (2 per multiply-add) at 512x512")
     i.add_argument("--classes", type=int, default=150)
     i.set_defaults(fn=cmd_info)
+
+    v = sub.add_parser("evaluate", help="score a model file on a dataset's validation split")
+    v.add_argument("model", help="model.pt / state.pt written by segdistill, or a reference-code checkpoint (.pth)")
+    v.add_argument("--arch", default=None, help="architecture of a reference-code checkpoint, e.g. deeplabv3_r101")
+    v.add_argument("--preset", choices=("smoke", "demo", "paper"), default=None,
+                   help="data and evaluation settings of a study preset (paper: the reference code's conventions)")
+    v.add_argument("--config", help="JSON file with a flat config (TrainConfig.to_json())")
+    v.add_argument("--data-root", default="", help="dataset directory (with --preset paper)")
+    v.add_argument("--dataset", default=None, help="dataset name for --preset (paper default: ade20k)")
+    v.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. run.amp=false data.max_val_images=100")
+    v.add_argument("--out-dir", default="runs/evaluate", help="run.out_dir (nothing is written there)")
+    v.set_defaults(fn=cmd_evaluate)
 
     e = sub.add_parser("export", help="a model file to the reference code's layout or a standalone torch.export program")
     e.add_argument("model", help="model.pt / state.pt written by segdistill, or a reference-code checkpoint (.pth)")

@@ -185,7 +185,7 @@ class DistillConfig:
     kd_temperature: float = 1.0
     teacher_arch: str = ""
     teacher_checkpoint: str = ""
-    # Comparison methods (losses/distillers.py; defaults = the reference recipe, NOTES.md). Their
+    # Comparison methods (losses/distillers.py; defaults = the reference recipe, docs/REFERENCE.md). Their
     # reference ``alpha`` is 1 (``segdistill.losses.reference_alpha``): the terms carry their weights.
     feature: str = ""  # feature tap of skd/ifvd/cirkd/mgd; '' = the method's reference tap
     kd_weight: float = 1.0  # pixel-KD term inside skd, ifvd, cirkd

@@ -124,16 +124,14 @@ def check_fit(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *, fi
                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
     if not (missing or unexpected or mismatched):
         return
-    parts = [f"weights in {file} do not fit {target}:"]
+    parts = []
     if missing:
-        parts.append(f"{len(missing)} missing keys: {_first(missing)};")
+        parts.append(f"{len(missing)} missing keys: {_first(missing)}")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys: {_first(unexpected)};")
+        parts.append(f"{len(unexpected)} unexpected keys: {_first(unexpected)}")
     if mismatched:
-        parts.append(f"{len(mismatched)} shape mismatches: {_first(mismatched)};")
-    if hint:
-        parts.append(hint)
-    raise WeightsError(" ".join(parts).rstrip(";"))
+        parts.append(f"{len(mismatched)} shape mismatches: {_first(mismatched)}")
+    raise WeightsError(f"weights in {file} do not fit {target}: " + "; ".join(parts) + (f" {hint}" if hint else ""))
 
 
 # ---------------------------------------------------------------- backbone files

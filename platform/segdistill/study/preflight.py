@@ -142,16 +142,18 @@ def _check_pretrained(cfg: TrainConfig, build_model: Any, backbone_state: Any, e
     import torch
 
     path = cfg.model.pretrained
+    if not Path(path).expanduser().exists():
+        return [f"model.pretrained={path!r}: no such file (an ImageNet backbone file: the reference code's "
+                "resnet18-imagenet.pth / resnet101-imagenet.pth / mobilenetv2-imagenet.pth or a torchvision state "
+                "dict, a directory holding the reference files, or '' for random init)"]
     try:
         with torch.device("meta"):
             model = build_model(cfg.model.arch, 2, output_stride=cfg.model.output_stride, aux=False)
         _, fmt, file = backbone_state(model, path)
         check_preprocessing(expected[fmt], cfg.data, field="model.pretrained", value=path,
                             why=f"a {fmt}-format ImageNet backbone file ({file.name})")
-    except FileNotFoundError as exc:
-        return [f"model.pretrained={path!r}: no such file ({exc}; an ImageNet backbone file: the reference code's "
-                "resnet18-imagenet.pth / resnet101-imagenet.pth / mobilenetv2-imagenet.pth or a torchvision state "
-                "dict, a directory holding the reference files, or '' for random init)"]
+    except FileNotFoundError as exc:  # a directory without the file this architecture needs
+        return [f"model.pretrained={path!r}: {exc}"]
     except ConfigError as exc:
         return [str(exc)]
     except ValueError as exc:
