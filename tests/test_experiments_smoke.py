@@ -15,7 +15,7 @@ import pytest
 from segdistill.results import read_trials
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ray_helpers import ray_stop  # noqa: E402
+from ray_helpers import run_in_own_group  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["train_teachers", "ablation_beta", "ablation_mu", "ablation_pixel_correction",
@@ -24,13 +24,13 @@ SCRIPTS = ["train_teachers", "ablation_beta", "ablation_mu", "ablation_pixel_cor
 
 def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}", "RAY_DEDUP_LOGS": "0"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    # its own process group, ended afterwards: a script that dies mid-way takes its Ray with it
+    return run_in_own_group([sys.executable, *args], cwd=ROOT, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
-    yield tmp_path_factory.mktemp("smoke_results")
-    ray_stop()  # the scripts shut their Ray down; this catches one that died mid-way
+    return tmp_path_factory.mktemp("smoke_results")
 
 
 @pytest.mark.ray

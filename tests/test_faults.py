@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fault_helpers import DRIVER_ITERATIONS, DRIVER_SAMPLES, DRIVER_STUDY, fit_config, log_space  # noqa: E402
-from ray_helpers import REPO, ray_env, ray_stop, tiny_base, two_node_cluster  # noqa: E402
+from ray_helpers import REPO, ray_env, tiny_base, two_node_cluster  # noqa: E402
 
 from segdistill import results as rs  # noqa: E402
 from segdistill.config import ConfigError, DataConfig, TrainConfig  # noqa: E402
@@ -439,12 +439,11 @@ def test_results_of_other_schema_versions_are_read_or_refused_clearly(tmp_path):
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         yield
     finally:
-        ray.shutdown()
-        ray_stop()
+        ray.shutdown()  # ends the processes of this Ray, which the test process started
 
 
 @pytest.mark.ray

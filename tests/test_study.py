@@ -1,7 +1,7 @@
 """The study layer (segdistill.study) on real Ray: no mocks of Ray, Tune, Train or Optuna.
 
 Ray tests are marked ``ray``; the set runs in a few minutes on 2 CPU cores. Every Ray process a
-test starts is stopped in a finalizer (``ray.shutdown`` / ``ray stop --force``), also on failure.
+test starts is stopped in a finalizer (``ray.shutdown`` for the Ray the test process started, the process group for a `ray start` cluster), also on failure.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_failed_trial_is_recorded_and_ddp_train_trial_runs(tmp_path, local_ray_c
 
     from segdistill.study import run_study
 
-    ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level="ERROR")
     missing = str(tmp_path / "no_such_teacher.pt")
     spec = StudySpec(name="fails", base=tiny_base(4, 2),
                      variants=({"distill.method": "none"},
@@ -130,7 +130,7 @@ def test_asha_stops_train_backed_trials_without_dashboard_and_all_finish(tmp_pat
 
     from segdistill.study import DashboardMissingError, run_study
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     # One trial at a time (each stopped trial's workers must be freed before the next can start),
     # a good and a hopeless learning rate, so ASHA's stop is certain: at its rung (iteration 8) the
     # lr=1e-6 trials sit below the median of those already recorded.

@@ -89,7 +89,8 @@ def _total_memory_bytes() -> int:
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, dashboard: bool = True, num_cpus: int | None = None,
                 num_gpus: int | None = None, probe_state_api: bool = True) -> Iterator[RayInfo]:
-    """Start local Ray (sized to this machine, dashboard on by default) or join ``address``.
+    """Start a local Ray of our own (sized to this machine, dashboard on by default), or join
+    ``address`` (``"auto"``: the cluster this machine's ``ray start`` or ``RAY_ADDRESS`` names).
 
     Reuses an already initialised Ray (and then leaves it running). Ray started here is always
     shut down on exit, also on errors and KeyboardInterrupt.
@@ -98,8 +99,13 @@ def ray_session(address: str | None = None, *, dashboard: bool = True, num_cpus:
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+        elif os.environ.get("RAY_ADDRESS"):  # the user's environment names a cluster: join it
+            ray.init(log_to_driver=True, logging_level=logging.WARNING)
         else:
-            ray.init(**_local_init_kwargs(num_cpus, num_gpus, dashboard))
+            # address="local": always a Ray of our own, even when another one runs on this machine
+            # (ray.init() would join the last `ray start --head` it finds in /tmp/ray, and refuse
+            # our sizing arguments); join that one with --address auto
+            ray.init(address="local", **_local_init_kwargs(num_cpus, num_gpus, dashboard))
         started = True
     try:
         # Local Ray started here without the dashboard has no state API: no need to wait for it.
