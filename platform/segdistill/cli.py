@@ -184,6 +184,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.to == "reference":
         print(f"wrote {out}: the reference code's state dict of {model.arch} ({file.num_classes} classes"
               f"{', with its aux head' if model.aux_head is not None else ''})")
+        if model.aux_head is None and "mbv2" not in model.arch:
+            print("note: the model has no aux head (it was trained with model.aux=false); the reference's eval.py "
+                  "builds ResNet models with one and loads strictly, so it will report missing auxlayer.* keys",
+                  file=sys.stderr)
         return 0
     prep = preprocessing_of_file(file)
     meta = {"arch": model.arch, "num_classes": file.num_classes, "source": str(file.path), "source_format": file.format}

@@ -56,8 +56,9 @@ def _atomic_write(path: Path, write: Any) -> Path:
 def export_reference(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Write ``model``'s weights as the reference code's checkpoint (``torch.save(state_dict)``).
 
-    ``model`` is one of the six paper models; its aux head, if built, is written as ``auxlayer.*``
-    (the reference's DeepLabV3 / PSPNet on ResNets build it with ``aux=True``)."""
+    ``model`` is one of the six paper models; its aux head, if built, is written as ``auxlayer.*``.
+    The reference's ``eval.py`` builds its ResNet models with the aux head and loads strictly, so a
+    ResNet model trained without one (``model.aux=false``) gives a file it refuses."""
     state = {k: v.detach().cpu() for k, v in to_reference_state_dict(model).items()}
     return _atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
