@@ -32,7 +32,7 @@ from reference_helpers import (
     layout,
     rel_error,
 )
-from segdistill.checkpoints import identify_reference_arch, load_model, read_model_file
+from segdistill.checkpoints import identify_reference_arch, load_model
 from segdistill.cli import main as cli_main
 from segdistill.config import (
     IMAGENET_PREPROCESSING,
