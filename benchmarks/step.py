@@ -45,7 +45,10 @@ from segdistill.upsample_ce import upsampled_cross_entropy  # noqa: E402
 REFERENCE_CANDIDATES = (ROOT.parent / "shared" / "bench" / "plain_pytorch_step.py",
                         ROOT / "shared" / "bench" / "plain_pytorch_step.py",
                         ROOT / ".benchref" / "plain_pytorch_step.py")
-REF_TORCHVISION = {"deeplabv3_r101": "resnet101", "deeplabv3_r18": "resnet18", "deeplabv3_mbv2": "mobilenet_v2"}
+# our model -> the plain-PyTorch reference's torchvision backbone. The paper models have the reference
+# code's deep stem since issue 14; the *_tv_* models are the architecture the reference step builds.
+REF_TORCHVISION = {"deeplabv3_r101": "resnet101", "deeplabv3_r18": "resnet18", "deeplabv3_mbv2": "mobilenet_v2",
+                   "deeplabv3_tv_r101": "resnet101", "deeplabv3_tv_r18": "resnet18"}
 
 
 def timeit(fn: Callable[[], object], iters: int, warm: int, sync: Callable[[], None]) -> float:

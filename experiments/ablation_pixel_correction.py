@@ -1,7 +1,7 @@
 """HWD with the paper's pixel-count correction CD'_c = CD_c / (N_c + 1) ("n", Eq. 5) versus the
 released code's recipe without it ("none"), at two mu values; CWD as reference.
 
-The paper leaves open whether its numbers used the correction (NOTES.md: the published command
+The paper leaves open whether its numbers used the correction (docs/REFERENCE.md: the published command
 runs without it). This ablation answers that on the synthetic benchmark or a real dataset.
 
     python experiments/ablation_pixel_correction.py --preset smoke|demo|paper [--seeds N]

@@ -23,13 +23,51 @@ STUDENT = "deeplabv3_tiny_r18"
 
 
 # ---------------------------------------------------------------- blocked upsample + CE
-@pytest.mark.parametrize("shape", [(2, 5, 7, 9, 56, 72), (1, 3, 5, 5, 17, 23), (2, 4, 8, 8, 8, 8), (2, 4, 6, 6, 3, 5)])
-def test_interp_matrix_is_torch_bilinear(shape):
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9, 56, 72), (1, 3, 5, 5, 17, 23), (2, 4, 8, 8, 8, 8), (2, 4, 6, 6, 3, 5),
+                                   (1, 2, 1, 4, 1, 9)])
+def test_interp_matrix_is_torch_bilinear(shape, align_corners):
     _, c, h, w, out_h, out_w = shape
     x = torch.randn(1, c, h, w, dtype=torch.float64)
-    ref = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)
-    mine = interp_matrix(out_h, h, dtype=torch.float64) @ x @ interp_matrix(out_w, w, dtype=torch.float64).t()
-    torch.testing.assert_close(mine, ref, rtol=0, atol=1e-12)
+    ref = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=align_corners)
+    a_h = interp_matrix(out_h, h, dtype=torch.float64, align_corners=align_corners)
+    a_w = interp_matrix(out_w, w, dtype=torch.float64, align_corners=align_corners)
+    torch.testing.assert_close(a_h @ x @ a_w.t(), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9, 56, 72), (1, 3, 9, 13, 65, 97)])
+@pytest.mark.parametrize("block", [1, 700, 1 << 24])
+def test_blocked_ce_align_corners_matches_literal_loss_and_gradient(shape, block):
+    """model.ce_align_corners=True (the reference's SegCrossEntropyLoss) on the blocked path."""
+    b, c, h, w, out_h, out_w = shape
+    torch.manual_seed(2)
+    x = torch.randn(b, c, h, w, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, c, (b, out_h, out_w))
+    y[:, -3:] = 255
+    ref = segmentation_ce(x, y, align_corners=True)
+    (g_ref,) = torch.autograd.grad(ref, x)
+    mine = upsampled_cross_entropy(x, y, align_corners=True, block_elements=block)
+    (g_mine,) = torch.autograd.grad(mine, x)
+    assert abs(float(mine.detach()) - float(ref.detach())) < 1e-5 * max(1.0, abs(float(ref.detach())))
+    torch.testing.assert_close(g_mine, g_ref, rtol=1e-5, atol=1e-8)
+    # and it differs from align_corners=False (the flag reaches the maths)
+    assert abs(float(upsampled_cross_entropy(x, y).detach()) - float(mine.detach())) > 1e-6
+
+
+def test_trainer_passes_the_align_corners_fields_to_both_ce_paths(tmp_path):
+    """One step with ce_impl literal vs blocked under the reference upsampling: the same losses."""
+    from segdistill.config import REFERENCE_UPSAMPLING
+
+    base = TrainConfig().replace(**{**REFERENCE_UPSAMPLING, "data.image_size": 48, "data.crop_size": 48,
+                                    "data.num_classes": 5, "data.train_images": 4, "data.val_images": 2,
+                                    "optim.iterations": 1, "optim.batch_size": 2, "run.device": "cpu",
+                                    "run.progress": False, "run.threads": 1})
+    losses = {}
+    for impl in ("literal", "blocked"):
+        cfg = base.replace(**{"run.ce_impl": impl, "run.out_dir": str(tmp_path / impl)})
+        losses[impl] = fit(cfg, resume=False).curves[0]
+    for term in ("loss/ce", "loss/aux", "loss/total"):
+        assert losses["blocked"][term] == pytest.approx(losses["literal"][term], rel=1e-5), term
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 7, 9, 56, 72), (2, 24, 16, 16, 128, 128), (1, 3, 5, 5, 17, 23)])

@@ -23,12 +23,13 @@ from segdistill.models import (
 from segdistill.models.backbones import conv_geometry, dilate_, stage_dilations
 
 PAPER = [f"{h}_{b}" for h in ("deeplabv3", "pspnet") for b in ("r18", "r101", "mbv2")]
+TV = [f"{h}_tv_{b}" for h in ("deeplabv3", "pspnet") for b in ("r18", "r101")]
 TINY = [f"{h}_tiny_{b}" for h in ("deeplabv3", "pspnet") for b in ("r18", "r101", "mbv2")]
 NUM_CLASSES = 5
 
 
 def test_registry_holds_paper_and_tiny_models() -> None:
-    assert set(PAPER + TINY) <= set(MODELS)
+    assert set(PAPER + TV + TINY) <= set(MODELS)
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
@@ -93,9 +94,10 @@ def test_hand_dilation_matches_torchvision() -> None:
     assert conv_geometry(ours) == conv_geometry(ref)
 
 
-def test_basicblock_dilation_follows_reference() -> None:
+@pytest.mark.parametrize("arch", ["deeplabv3_r18", "deeplabv3_tv_r18"])
+def test_basicblock_dilation_follows_reference(arch: str) -> None:
     """R18 (BasicBlock): first block conv1 at the previous dilation, the rest at the stage's."""
-    bb = build_model("deeplabv3_r18", 3).backbone
+    bb = build_model(arch, 3).backbone
     geo = {name: (stride, dil) for name, stride, dil, _ in conv_geometry(bb)}
     assert geo["layer2.0.conv1"] == ((2, 2), (1, 1))
     assert geo["layer3.0.conv1"] == ((1, 1), (1, 1)) and geo["layer3.0.conv2"] == ((1, 1), (2, 2))
@@ -125,7 +127,7 @@ def test_unknown_arch_lists_known_names() -> None:
     with pytest.raises(ValueError) as err:
         build_model("deeplabv3_r50", 3)
     assert "deeplabv3_r50" in str(err.value)
-    for arch in PAPER + TINY:
+    for arch in PAPER + TV + TINY:
         assert arch in str(err.value)
 
 
@@ -148,7 +150,7 @@ def resnet18_state() -> dict[str, torch.Tensor]:
 def test_load_torchvision_resnet18(tmp_path: Path, resnet18_state: dict[str, torch.Tensor]) -> None:
     path = tmp_path / "resnet18.pth"
     torch.save(resnet18_state, path)  # includes fc.*, which must be ignored
-    model = build_model("deeplabv3_r18", NUM_CLASSES, pretrained=str(path))
+    model = build_model("deeplabv3_tv_r18", NUM_CLASSES, pretrained=str(path))
     assert torch.equal(model.backbone.layer4[1].conv2.weight, resnet18_state["layer4.1.conv2.weight"])
     assert torch.equal(model.backbone.bn1.running_var, resnet18_state["bn1.running_var"])
 
@@ -157,13 +159,26 @@ def test_load_without_num_batches_tracked(tmp_path: Path, resnet18_state: dict[s
     """Old torchvision files predate BN's num_batches_tracked buffer; they must still load."""
     path = tmp_path / "old.pth"
     torch.save({k: v for k, v in resnet18_state.items() if "num_batches_tracked" not in k}, path)
-    model = build_model("pspnet_r18", NUM_CLASSES)
-    load_backbone_weights(model, path)
+    model = build_model("pspnet_tv_r18", NUM_CLASSES)
+    assert load_backbone_weights(model, path) == "torchvision"
     assert torch.equal(model.backbone.conv1.weight, resnet18_state["conv1.weight"])
 
 
-def test_load_rejects_bad_keys_and_shapes(tmp_path: Path, resnet18_state: dict[str, torch.Tensor]) -> None:
+def test_torchvision_resnet_refused_by_deep_stem_model_with_hint(tmp_path: Path,
+                                                                 resnet18_state: dict[str, torch.Tensor]) -> None:
+    """The paper models have the reference's deep stem: torchvision files fit their *_tv_* twins."""
+    torch.save(resnet18_state, tmp_path / "resnet18.pth")
     model = build_model("deeplabv3_r18", NUM_CLASSES)
+    before = model.backbone.layer4[1].conv2.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"conv1\.weight \(64, 3, 7, 7\) vs model \(64, 3, 3, 3\).*fits the "
+                                         r"torchvision-stem model deeplabv3_tv_r18") as err:
+        load_backbone_weights(model, tmp_path / "resnet18.pth")
+    assert str(tmp_path / "resnet18.pth") in str(err.value)
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, before)  # nothing loaded
+
+
+def test_load_rejects_bad_keys_and_shapes(tmp_path: Path, resnet18_state: dict[str, torch.Tensor]) -> None:
+    model = build_model("deeplabv3_tv_r18", NUM_CLASSES)
     before = model.backbone.conv1.weight.detach().clone()
 
     renamed = dict(resnet18_state)
@@ -184,7 +199,7 @@ def test_load_rejects_bad_keys_and_shapes(tmp_path: Path, resnet18_state: dict[s
     with pytest.raises(FileNotFoundError):
         load_backbone_weights(model, tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError):
-        build_model("deeplabv3_r18", NUM_CLASSES, pretrained=str(tmp_path / "nope.pth"))
+        build_model("deeplabv3_tv_r18", NUM_CLASSES, pretrained=str(tmp_path / "nope.pth"))
 
 
 def test_tiny_models_refuse_weights(tmp_path: Path, resnet18_state: dict[str, torch.Tensor]) -> None:
@@ -204,6 +219,22 @@ def test_load_torchvision_mobilenet_v2(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- complexity
 
 
+def test_deep_stem_and_torchvision_stem() -> None:
+    """Paper ResNets: the reference's deep stem (3x3 3->64 s2, 64->64, 64->128), 128 channels into
+    layer1 (so R18's layer1.0 has a shortcut); *_tv_*: torchvision's 7x7 stem, 64 channels."""
+    with torch.device("meta"):
+        deep, tv = build_model("deeplabv3_r18", 3).backbone, build_model("deeplabv3_tv_r18", 3).backbone
+        deep101 = build_model("pspnet_r101", 3).backbone
+    assert deep.stem == "deep" and tv.stem == "plain"
+    shapes = {k: tuple(v.shape) for k, v in deep.state_dict().items()}
+    assert shapes["conv1.weight"] == (64, 3, 3, 3) and shapes["conv2.weight"] == (64, 64, 3, 3)
+    assert shapes["conv3.weight"] == (128, 64, 3, 3) and shapes["layer1.0.downsample.0.weight"] == (64, 128, 1, 1)
+    assert deep.conv1.stride == (2, 2) and deep.conv2.stride == (1, 1) and deep.conv3.stride == (1, 1)
+    assert tuple(deep101.state_dict()["layer1.0.conv1.weight"].shape) == (64, 128, 1, 1)
+    assert tuple(tv.state_dict()["conv1.weight"].shape) == (64, 3, 7, 7) and "conv2.weight" not in tv.state_dict()
+    assert "layer1.0.downsample.0.weight" not in tv.state_dict()
+
+
 def test_count_params() -> None:
     tiny18 = count_params(build_model("deeplabv3_tiny_r18", 150))
     tiny101 = count_params(build_model("deeplabv3_tiny_r101", 150))
@@ -211,20 +242,32 @@ def test_count_params() -> None:
     assert tiny101 > 3 * tiny18
 
 
-@pytest.mark.parametrize(
-    ("arch", "paper_millions"),
-    [("deeplabv3_r101", 61.1), ("deeplabv3_r18", 13.6), ("deeplabv3_mbv2", 3.2), ("pspnet_r18", 12.9)],
-)
-def test_params_match_paper_table(arch: str, paper_millions: float) -> None:
-    """Paper Table II (ADE20K, 150 classes, aux head included); ours uses the plain stem."""
+# Parameters at 19 classes with the aux head, counted by the reference code on its networks
+# (tests/fixtures/reference/golden_index.json "num_params"; paper Table II: 61.1M, 13.6M, 3.2M, 12.9M).
+REFERENCE_PARAMS = {"deeplabv3_r101": 61_118_950, "deeplabv3_r18": 13_607_974, "deeplabv3_mbv2": 3_233_171,
+                    "pspnet_r18": 12_919_334}
+
+
+@pytest.mark.parametrize(("arch", "params"), sorted(REFERENCE_PARAMS.items()))
+def test_params_match_reference_and_paper_table(arch: str, params: int) -> None:
+    """Exactly the reference's count (paper Table II rounds it to 0.1M)."""
     with torch.device("meta"):
-        model = build_model(arch, 150)
-    assert count_params(model) / 1e6 == pytest.approx(paper_millions, rel=0.02)
+        model = build_model(arch, 19)
+    assert count_params(model) == params
+    paper = {"deeplabv3_r101": 61.1, "deeplabv3_r18": 13.6, "deeplabv3_mbv2": 3.2, "pspnet_r18": 12.9}[arch]
+    assert round(count_params(model) / 1e6, 1) == paper
+
+
+def test_pspnet_r101_head_is_the_references() -> None:
+    """The reference's PSPNet head on 2048 channels is 512 wide (pspnet.py _PSPHead): 68.1M parameters."""
+    with torch.device("meta"):
+        model = build_model("pspnet_r101", 19)
+    assert model.head.width == 512 and round(count_params(model) / 1e6, 1) == 68.1
 
 
 def test_count_flops_plausible() -> None:
     flops = count_flops("deeplabv3_r18", 150, size=512)
-    assert 100e9 < flops < 130e9  # ~113 GFLOPs = ~57 GMACs at 512x512, OS 8
+    assert 100e9 < flops < 140e9  # ~128 GFLOPs = ~64 GMACs at 512x512, OS 8 (deep stem)
 
 
 def test_count_flops_matches_a_real_forward() -> None:

@@ -1,9 +1,14 @@
-"""Command line: ``segdistill {distill,train,info,report,dashboard}`` (also ``python -m segdistill``).
+"""Command line: ``segdistill {distill,train,info,evaluate,export,report,dashboard}`` (also ``python -m segdistill``).
 
 - ``distill``: train a teacher on the synthetic default (or reuse it), then distil students with
   the chosen methods, printing one row per run. The quickest end-to-end look at the core.
-- ``train``: one run from flat ``--set section.field=value`` overrides.
-- ``info``: registered models, datasets and methods.
+- ``train``: one run from flat ``--set section.field=value`` overrides (on the defaults, a ``--config``
+  JSON file or a study ``--preset``).
+- ``info``: registered models, datasets and methods (``--complexity``: parameters and FLOPs).
+- ``evaluate``: score a model file (segdistill's or the reference code's) on a validation split.
+- ``export``: a model file (segdistill ``model.pt`` / ``state.pt`` or a reference-code checkpoint) to
+  the reference code's layout (``--to reference``) or to a standalone ``torch.export`` program that
+  plain PyTorch runs without segdistill (``--to pt2``).
 - ``report``: regenerate tables and figures from a results tree (``python -m analysis``).
 - ``dashboard``: optuna-dashboard on a search study's ``optuna.journal`` (:mod:`segdistill.study.dashboard`).
 Sweeps on Ray live in ``experiments/*.py`` (see the README).
@@ -52,11 +57,24 @@ def _summary_line(name: str, result: Any) -> str:
             f"{result.wall_time_s:7.1f} s  {result.images_per_s:7.1f} img/s")
 
 
+def _base_config(args: argparse.Namespace) -> TrainConfig:
+    """The defaults, a ``--config`` JSON file or a study ``--preset``'s base config."""
+    if args.config and args.preset:
+        raise ConfigError("give --config or --preset, not both")
+    if args.preset:  # the study presets' base config (segdistill.study.presets), without Ray
+        from .study.presets import get_preset
+
+        try:
+            return get_preset(args.preset, data_root=args.data_root, dataset=args.dataset).base
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return TrainConfig.from_json(Path(args.config).read_text()) if args.config else TrainConfig()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import fit
 
-    base = TrainConfig.from_json(Path(args.config).read_text()) if args.config else TrainConfig()
-    cfg = base.replace(**parse_overrides(args.set))
+    cfg = _base_config(args).replace(**parse_overrides(args.set))
     result = fit(cfg, resume=not args.fresh)
     print(_summary_line(cfg.distill.method, result))
     print(f"checkpoint: {result.checkpoint_dir}\nmodel: {result.model_path}")
@@ -101,17 +119,84 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .models import MODELS
 
     if args.complexity:
-        from .models import build_model, count_flops, count_params
+        import torch
 
-        print(f"{'model':<22} {'params':>9} {'GFLOPs@512':>11}   ({args.classes} classes, output stride 8, aux head excluded)")
+        from .models import build_model, count_flops, count_params, count_reference_macs
+
+        print(f"{args.classes} classes, output stride 8, 512x512 input. params: with / without the aux head; GFLOPs: "
+              "forward FLOPs (2 per multiply-add, no aux head); paper GMACs: the reference code's counter (the "
+              "paper's 'FLOPs' column: dilation ignored, aux head included; docs/REFERENCE.md)")
+        print(f"{'model':<22} {'params':>9} {'(no aux)':>9} {'GFLOPs':>8} {'paper GMACs':>12}")
         for name in sorted(MODELS):
-            params = count_params(build_model(name, args.classes, aux=False))
+            with torch.device("meta"):
+                params = count_params(build_model(name, args.classes, aux=True))
+                params_no_aux = count_params(build_model(name, args.classes, aux=False))
             gflops = count_flops(name, args.classes, size=512) / 1e9
-            print(f"{name:<22} {params / 1e6:8.2f}M {gflops:11.1f}")
+            paper = count_reference_macs(name, args.classes, size=512) / 1e9
+            print(f"{name:<22} {params / 1e6:8.2f}M {params_no_aux / 1e6:8.2f}M {gflops:8.1f} {paper:12.1f}")
         return 0
     info = {"models": sorted(MODELS), "datasets": sorted(DATASETS), "methods": ["none", *sorted(METHODS)],
             "config_keys": sorted(TrainConfig().to_flat())}
     print(json.dumps(info, indent=1))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a model file (segdistill's or the reference code's) on a dataset's validation split with
+    the trainer's evaluation (whole images, ``model.eval_align_corners`` upsampling, mIoU over the
+    classes present)."""
+    from .checkpoints import check_preprocessing, describe_format, load_model, read_model_file
+    from .train import Trainer
+
+    file = read_model_file(args.model)
+    arch = args.arch or file.arch
+    if arch is None:
+        raise ConfigError(f"{args.model} is a reference-code checkpoint, which does not name its architecture; give --arch")
+    flat = {"model.arch": arch, "model.pretrained": "", "model.aux": False, "distill.method": "none",
+            "distill.teacher_arch": "", "distill.teacher_checkpoint": "", "run.embedding_pixels": 0,
+            "run.sample_images": 0, "run.progress": False, "run.out_dir": args.out_dir,
+            **parse_overrides(args.set)}
+    cfg = _base_config(args).replace(**flat)
+    model, file = load_model(file, arch=arch, aux=False)
+    check_preprocessing(file.preprocessing, cfg.data, field="model", value=args.model, why=describe_format(file))
+    trainer = Trainer(cfg)
+    if file.num_classes != trainer.num_classes:
+        raise ConfigError(f"{args.model} predicts {file.num_classes} classes, but {cfg.data.name} has {trainer.num_classes}")
+    trainer.student.load_state_dict(model.state_dict())
+    conf = trainer.evaluate()["conf"]
+    print(f"{arch} on {cfg.data.name} val ({len(trainer.val_ds)} images, eval_align_corners="
+          f"{cfg.model.eval_align_corners}): mIoU {conf['miou']:.4f}  pixel acc {conf['pixel_acc']:.4f}  "
+          f"mean acc {conf['mean_acc']:.4f}  classes present {conf['classes_present']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoints import eval_align_corners_of_file, load_model, preprocessing_of_file, read_model_file
+    from .export import export_program, export_reference
+
+    try:
+        file = read_model_file(args.model)
+        model, file = load_model(file, arch=args.arch, aux=args.to == "reference")
+        if args.to == "reference":
+            out = export_reference(model, args.out)
+    except (ValueError, FileNotFoundError) as exc:  # a file that does not fit, a model without a reference layout
+        print(f"segdistill export: {exc}", file=sys.stderr)
+        return 2
+    if args.to == "reference":
+        print(f"wrote {out}: the reference code's state dict of {model.arch} ({file.num_classes} classes"
+              f"{', with its aux head' if model.aux_head is not None else ''})")
+        if model.aux_head is None and "mbv2" not in model.arch:
+            print("note: the model has no aux head (it was trained with model.aux=false); the reference's eval.py "
+                  "builds ResNet models with one and loads strictly, so it will report missing auxlayer.* keys",
+                  file=sys.stderr)
+        return 0
+    prep = preprocessing_of_file(file)
+    meta = {"arch": model.arch, "num_classes": file.num_classes, "source": str(file.path), "source_format": file.format}
+    out = export_program(model.eval(), args.out, preprocessing=prep, align_corners=eval_align_corners_of_file(file),
+                         metadata=meta)
+    print(f"wrote {out}: {model.arch} ({file.num_classes} classes) as a torch.export program; in plain PyTorch:\n"
+          f"  ep = torch.export.load({str(out)!r})\n"
+          "  logits = ep.module()(image.float())  # (B, 3, H, W) RGB in [0, 255] -> (B, C, H, W) logits")
     return 0
 
 
@@ -146,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="one training run from flat config overrides")
     t.add_argument("--config", help="JSON file with a flat config (TrainConfig.to_json())")
+    t.add_argument("--preset", choices=("smoke", "demo", "paper"), default=None,
+                   help="start from a study preset's base config (paper: the paper's recipe and the reference "
+                        "code's conventions; needs --data-root)")
+    t.add_argument("--data-root", default="", help="dataset directory (with --preset paper)")
+    t.add_argument("--dataset", default=None, help="dataset name for --preset (paper default: ade20k)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. distill.method=hwd optim.iterations=200")
     t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in run.out_dir")
     t.set_defaults(fn=cmd_train)
@@ -169,6 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--classes", type=int, default=150)
     i.set_defaults(fn=cmd_info)
 
+    v = sub.add_parser("evaluate", help="score a model file on a dataset's validation split")
+    v.add_argument("model", help="model.pt / state.pt written by segdistill, or a reference-code checkpoint (.pth)")
+    v.add_argument("--arch", default=None, help="architecture of a reference-code checkpoint, e.g. deeplabv3_r101")
+    v.add_argument("--preset", choices=("smoke", "demo", "paper"), default=None,
+                   help="data and evaluation settings of a study preset (paper: the reference code's conventions)")
+    v.add_argument("--config", help="JSON file with a flat config (TrainConfig.to_json())")
+    v.add_argument("--data-root", default="", help="dataset directory (with --preset paper)")
+    v.add_argument("--dataset", default=None, help="dataset name for --preset (paper default: ade20k)")
+    v.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. run.amp=false data.max_val_images=100")
+    v.add_argument("--out-dir", default="runs/evaluate", help="run.out_dir (nothing is written there)")
+    v.set_defaults(fn=cmd_evaluate)
+
+    e = sub.add_parser("export", help="a model file to the reference code's layout or a standalone torch.export program")
+    e.add_argument("model", help="model.pt / state.pt written by segdistill, or a reference-code checkpoint (.pth)")
+    e.add_argument("--to", choices=("reference", "pt2"), required=True,
+                   help="reference: torch.save(state_dict) with the reference's keys (its eval.py reads it); "
+                        "pt2: torch.export program with preprocessing and upsampling, no segdistill needed")
+    e.add_argument("--out", required=True, help="output file (.pth for reference, .pt2 for pt2)")
+    e.add_argument("--arch", default=None, help="architecture of a reference-code checkpoint (it does not say), "
+                   "e.g. deeplabv3_r101; checked against segdistill files")
+    e.set_defaults(fn=cmd_export)
+
     r = sub.add_parser("report", help="tables and figures from a results tree")
     r.add_argument("--results", default="results")
     r.add_argument("--out", default="reports")
@@ -185,10 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .models.weights import WeightsError
+
     try:
         return args.fn(args)
     except ConfigError as exc:
         print(f"segdistill: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (WeightsError, FileNotFoundError) as exc:
+        print(f"segdistill: {exc}", file=sys.stderr)
         return 2
 
 

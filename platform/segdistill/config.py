@@ -18,6 +18,24 @@ from typing import Any, Mapping
 PIXEL_CORRECTIONS = ("n", "none")
 WEIGHTINGS = ("smooth", "softmax")
 CE_IMPLS = ("literal", "blocked")
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+# Image preprocessing (``data.*``): x[c] = (pixel[c] / pixel_scale - mean[c]) / std[c], channels in
+# ``channel_order``; means and stds are given per colour (R, G, B) on the scale after the division.
+PREPROCESSING_KEYS: tuple[str, ...] = ("data.channel_order", "data.pixel_scale", "data.mean_r", "data.mean_g",
+                                       "data.mean_b", "data.std_r", "data.std_g", "data.std_b")
+# torchvision's ImageNet convention (ToTensor + Normalize): RGB in [0, 1], ImageNet mean / std
+IMAGENET_PREPROCESSING: dict[str, Any] = {
+    "data.channel_order": "rgb", "data.pixel_scale": 255.0, "data.mean_r": 0.485, "data.mean_g": 0.456,
+    "data.mean_b": 0.406, "data.std_r": 0.229, "data.std_g": 0.224, "data.std_b": 0.225}
+# the reference code's (docs/REFERENCE.md "Preprocessing"): cv2's BGR on the 0-255 scale minus the
+# Caffe BGR means (104.00698793, 116.66876762, 122.67891434), no std
+REFERENCE_PREPROCESSING: dict[str, Any] = {
+    "data.channel_order": "bgr", "data.pixel_scale": 1.0, "data.mean_r": 122.67891434,
+    "data.mean_g": 116.66876762, "data.mean_b": 104.00698793, "data.std_r": 1.0, "data.std_g": 1.0, "data.std_b": 1.0}
+# the reference code upsamples logits with align_corners=True for the CE, the aux CE and evaluation
+REFERENCE_UPSAMPLING: dict[str, Any] = {
+    "model.ce_align_corners": True, "model.aux_align_corners": True, "model.eval_align_corners": True}
 
 
 def known_methods() -> tuple[str, ...]:
@@ -61,6 +79,12 @@ class DataConfig:
     ``num_classes`` and the ``synthetic_*`` fields only apply to the synthetic dataset; real
     datasets fix their class count. ``crop_size`` is the training crop (paper: 512); evaluation
     uses whole images. ``max_train_images``/``max_val_images`` (0 = all) cap real datasets.
+
+    Preprocessing (every image, train and val): ``x[c] = (pixel[c] / pixel_scale - mean[c]) / std[c]``
+    with the channels in ``channel_order`` ('rgb' or 'bgr'); ``mean_r/g/b`` and ``std_r/g/b`` are
+    per colour, on the scale after dividing by ``pixel_scale``. Defaults: torchvision's ImageNet
+    convention (:data:`IMAGENET_PREPROCESSING`); the reference code's is
+    :data:`REFERENCE_PREPROCESSING` (BGR minus the Caffe means, no std), which its checkpoints need.
     """
 
     name: str = "synthetic"
@@ -77,9 +101,23 @@ class DataConfig:
     max_val_images: int = 0
     seed: int = 0
     num_workers: int = 0
+    channel_order: str = "rgb"
+    pixel_scale: float = 255.0
+    mean_r: float = 0.485
+    mean_g: float = 0.456
+    mean_b: float = 0.406
+    std_r: float = 0.229
+    std_g: float = 0.224
+    std_b: float = 0.225
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "data.name must be a dataset name")
+        _check(self.channel_order in CHANNEL_ORDERS,
+               f"data.channel_order must be one of {CHANNEL_ORDERS}, got {self.channel_order!r}")
+        for name in ("pixel_scale", "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b"):
+            _finite(f"data.{name}", getattr(self, name))
+        for name in ("pixel_scale", "std_r", "std_g", "std_b"):
+            _check(getattr(self, name) > 0, f"data.{name} must be > 0, got {getattr(self, name)}")
         known = known_datasets()
         _check(self.name in known, f"data.name: unknown dataset {self.name!r}; known datasets: {list(known)}")
         _check(2 <= self.num_classes <= 255, f"data.num_classes must be in [2, 255], got {self.num_classes}")
@@ -95,14 +133,24 @@ class DataConfig:
 class ModelConfig:
     """A segmentation network from ``segdistill.models.MODELS``.
 
-    ``pretrained`` is a local path to a torchvision-format backbone state dict ('' = random init).
-    ``output_stride`` is 8 for the paper's models; tiny CPU variants also allow 4.
+    ``pretrained``: a local ImageNet backbone file ('' = random init): the reference code's
+    (``resnet18-imagenet.pth``, ``resnet101-imagenet.pth``, ``mobilenetv2-imagenet.pth``; for the paper
+    models) or torchvision's (for ``*_tv_*`` and ``*_mbv2``), or a directory holding the reference
+    files under those names. ``output_stride`` is 8 for the paper's models; tiny CPU variants also
+    allow 4.
+    ``ce_align_corners`` / ``aux_align_corners`` / ``eval_align_corners``: ``align_corners`` of the
+    bilinear upsampling of the (B, C, H/os, W/os) logits to the label size for the CE (paper Eq. 1),
+    the aux head's CE and evaluation. False by default; the reference code uses True for all three
+    (:data:`REFERENCE_UPSAMPLING`).
     """
 
     arch: str = "deeplabv3_tiny_r18"
     pretrained: str = ""
     output_stride: int = 8
     aux: bool = True
+    ce_align_corners: bool = False
+    aux_align_corners: bool = False
+    eval_align_corners: bool = False
 
     def __post_init__(self) -> None:
         _check(bool(self.arch), "model.arch must be a registered model name")
@@ -137,7 +185,7 @@ class DistillConfig:
     kd_temperature: float = 1.0
     teacher_arch: str = ""
     teacher_checkpoint: str = ""
-    # Comparison methods (losses/distillers.py; defaults = the reference recipe, NOTES.md). Their
+    # Comparison methods (losses/distillers.py; defaults = the reference recipe, docs/REFERENCE.md). Their
     # reference ``alpha`` is 1 (``segdistill.losses.reference_alpha``): the terms carry their weights.
     feature: str = ""  # feature tap of skd/ifvd/cirkd/mgd; '' = the method's reference tap
     kd_weight: float = 1.0  # pixel-KD term inside skd, ifvd, cirkd

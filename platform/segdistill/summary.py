@@ -1,6 +1,6 @@
 """Seed-aware summaries of a results table (what experiment scripts print at the end).
 
-The paper reports single runs (NOTES.md: the std of 3 CWD runs was 0.101 mIoU), so a difference
+The paper reports single runs (docs/REFERENCE.md "Training recipe": the std of 3 CWD runs was 0.101 mIoU), so a difference
 between two methods only means something when it exceeds seed noise. :func:`summarize` groups
 trials, reports n / mean / std per group and, given a reference group, the difference to it with
 Welch's two-sided t-test (implemented here with ``math``; SciPy is not a dependency). A difference

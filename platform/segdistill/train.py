@@ -27,19 +27,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .config import TrainConfig
-from .data import build_datasets
+from .checkpoints import BACKBONE_PREPROCESSING, MODEL_FORMAT, check_preprocessing, describe_format, load_model
+from .config import DataConfig, TrainConfig
+from .data import build_datasets, preprocessing_of
 from .losses import build_distiller
 from .metrics import ConfusionMatrix, EvalAccumulators, TDNTDMeter, per_class_rows
 from .models import build_model, count_flops, count_params
 from .models.segmentor import SegOutput
+from .models.weights import backbone_state
 from .teacher_cache import TeacherLogitCache, open_teacher_cache
 from .upsample_ce import upsampled_cross_entropy
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
-MODEL_FORMAT = "segdistill-model-v1"
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,36 +236,36 @@ def save_model_artifact(model: nn.Module, cfg: TrainConfig, path: str | Path, me
     return path
 
 
-def load_teacher(path: str | Path, *, arch: str, num_classes: int, device: torch.device) -> nn.Module:
-    """Load a frozen teacher (eval mode, no gradients) and check it matches what the config expects.
+def load_teacher(path: str | Path, *, arch: str, num_classes: int, device: torch.device,
+                 data: DataConfig | None = None) -> nn.Module:
+    """Load a frozen teacher (eval mode, no gradients, no aux head) and check it matches the config.
 
-    ``path`` is a ``model.pt`` artefact written by :func:`save_model_artifact` or a training
-    ``state.pt`` checkpoint (its ``model`` weights are used).
+    ``path`` is a ``model.pt`` artefact written by :func:`save_model_artifact`, a training ``state.pt``
+    checkpoint (its ``model`` weights are used) or a reference-code checkpoint (``torch.save(model.
+    state_dict())`` with ``pretrained.*`` / ``head.*`` / ``auxlayer.*`` keys; docs/REFERENCE.md), the
+    format detected from the content (:mod:`segdistill.checkpoints`). ``arch`` and ``num_classes``
+    must match the file (a ValueError names both). With ``data``, its preprocessing fields must be
+    the ones the teacher was trained with (the reference's for a reference file): a ConfigError
+    names the fields and the values to set. Nothing is loaded unless everything fits.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"teacher checkpoint not found: {p}")
-    payload = torch.load(p, map_location="cpu", weights_only=False)
-    if payload.get("format") == MODEL_FORMAT:
-        t_arch, t_classes, t_os, state = payload["arch"], payload["num_classes"], payload["output_stride"], payload["state_dict"]
-        t_aux = payload.get("aux", True)
-    elif "model" in payload and "config" in payload:
-        tcfg = TrainConfig.from_flat(payload["config"])
-        t_arch, t_os, t_aux, state = tcfg.model.arch, tcfg.model.output_stride, tcfg.model.aux, payload["model"]
-        t_classes = payload["num_classes"]
-    else:
-        raise ValueError(f"{p} is neither a segdistill model file nor a training checkpoint")
-    if t_arch != arch:
-        raise ValueError(f"teacher checkpoint {p} holds architecture {t_arch!r}, but distill.teacher_arch is {arch!r}")
-    if t_classes != num_classes:
-        raise ValueError(f"teacher checkpoint {p} predicts {t_classes} classes, but the dataset has {num_classes}")
-    # Distillation only reads the teacher's main logits (and features): no aux head to compute.
-    teacher = build_model(t_arch, t_classes, output_stride=t_os, aux=False)
-    if t_aux:
-        state = {k: v for k, v in state.items() if not k.startswith("aux_head.")}
-    teacher.load_state_dict(state, strict=True)
+    teacher, file = load_model(path, arch=arch, num_classes=num_classes, aux=False)
+    if data is not None:
+        check_preprocessing(file.preprocessing, data, field="distill.teacher_checkpoint", value=str(path),
+                            why=describe_format(file))
     teacher.eval().requires_grad_(False)
     return teacher.to(device)
+
+
+def load_pretrained_backbone(model: nn.Module, data: DataConfig, path: str) -> str:
+    """``model.pretrained``: load an ImageNet backbone file (or a directory's reference file) into
+    ``model`` after checking that ``data``'s preprocessing is the one the weights expect (the
+    reference's for reference files, torchvision's ImageNet RGB mean/std for torchvision files).
+    Returns the file's format. Nothing is loaded when anything does not fit."""
+    state, fmt, file = backbone_state(model, path)
+    check_preprocessing(BACKBONE_PREPROCESSING[fmt], data, field="model.pretrained", value=path,
+                        why=f"a {fmt}-format ImageNet backbone file ({file.name})")
+    model.backbone.load_state_dict(state, strict=False)  # checked: only num_batches_tracked may be absent
+    return fmt
 
 
 def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
@@ -275,16 +276,24 @@ def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
 # --------------------------------------------------------------------------------------------
 # The training step
 # --------------------------------------------------------------------------------------------
-def segmentation_ce(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
-    """Paper Eq. (1): CE of logits (B, C, h, w) bilinearly upsampled to the labels (B, H, W)."""
-    up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)  # (B, C, H, W)
+def upsample_logits(logits: Tensor, size: Sequence[int], *, align_corners: bool = False) -> Tensor:
+    """Bilinear upsampling of logits (B, C, h, w) to ``size`` (H, W): the evaluation path
+    (``model.eval_align_corners``; the reference code uses True, docs/REFERENCE.md "Evaluation")."""
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
+def segmentation_ce(logits: Tensor, labels: Tensor, ignore_index: int = 255, *, align_corners: bool = False) -> Tensor:
+    """Paper Eq. (1): CE of logits (B, C, h, w) bilinearly upsampled to the labels (B, H, W)
+    (``align_corners``: ``model.ce_align_corners`` / ``model.aux_align_corners``)."""
+    up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=align_corners)  # (B, C, H, W)
     return F.cross_entropy(up.float(), labels, ignore_index=ignore_index)
 
 
 def distillation_losses(student: nn.Module, teacher: nn.Module | None, distiller: nn.Module | None,
                         images: Tensor, labels: Tensor, *, alpha: float, aux_weight: float,
                         ignore_index: int = 255, ce: Callable[..., Tensor] = segmentation_ce,
-                        teacher_output: SegOutput | None = None) -> dict[str, Tensor]:
+                        teacher_output: SegOutput | None = None, ce_align_corners: bool = False,
+                        aux_align_corners: bool = False) -> dict[str, Tensor]:
     """Forward passes and the named loss terms of one step (paper Eq. 8 plus the aux head):
 
         loss/total = loss/ce + aux_weight * loss/aux + alpha * loss/distill
@@ -294,6 +303,7 @@ def distillation_losses(student: nn.Module, teacher: nn.Module | None, distiller
     term as ``loss/distill_<name>`` (their sum is ``loss/distill``). ``ce`` is :func:`segmentation_ce`, its ``torch.compile`` d form or
     :func:`~segdistill.upsample_ce.upsampled_cross_entropy` (same maths). ``teacher_output``, when
     given, replaces the teacher's forward (a cohort's shared forward, or cached logits).
+    ``ce_align_corners`` / ``aux_align_corners``: the upsampling of the CE and of the aux CE.
     """
     t_logits, t_features = None, None
     if teacher_output is not None:
@@ -303,10 +313,10 @@ def distillation_losses(student: nn.Module, teacher: nn.Module | None, distiller
             t_out = teacher(images)
         t_logits, t_features = t_out.logits, t_out.features  # (B, C, h, w), named feature taps
     out = student(images)
-    terms: dict[str, Tensor] = {"loss/ce": ce(out.logits, labels, ignore_index)}
+    terms: dict[str, Tensor] = {"loss/ce": ce(out.logits, labels, ignore_index, align_corners=ce_align_corners)}
     total = terms["loss/ce"]
     if out.aux is not None and aux_weight > 0:
-        terms["loss/aux"] = ce(out.aux, labels, ignore_index)
+        terms["loss/aux"] = ce(out.aux, labels, ignore_index, align_corners=aux_align_corners)
         total = total + aux_weight * terms["loss/aux"]
     if distiller is not None:
         if t_logits is None:
@@ -383,7 +393,9 @@ class Trainer:
 
         _seed_everything(_mix_seed(cfg.run.seed, 4))  # the student's initialisation
         self.student = build_model(cfg.model.arch, self.num_classes, output_stride=cfg.model.output_stride,
-                                   aux=cfg.model.aux, pretrained=cfg.model.pretrained)
+                                   aux=cfg.model.aux)
+        if cfg.model.pretrained:
+            load_pretrained_backbone(self.student, cfg.data, cfg.model.pretrained)
         self.student.to(self.device, memory_format=self.memory_format)
         self.teacher: nn.Module | None = None
         self.teacher_cache: TeacherLogitCache | None = None
@@ -393,7 +405,7 @@ class Trainer:
                 self.teacher, self.teacher_cache = shared.teacher, shared.teacher_cache
             else:
                 self.teacher = load_teacher(cfg.distill.teacher_checkpoint, arch=cfg.distill.teacher_arch,
-                                            num_classes=self.num_classes, device=self.device)
+                                            num_classes=self.num_classes, device=self.device, data=cfg.data)
                 self.teacher.to(memory_format=self.memory_format)
                 if cfg.run.teacher_cache and not self.distiller.required_features:
                     self.teacher_cache = open_teacher_cache(
@@ -489,7 +501,7 @@ class Trainer:
 
     # -- one step -----------------------------------------------------------------------------
     def _upsample(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return upsample_logits(logits, size, align_corners=self.cfg.model.eval_align_corners)
 
     @property
     def uses_teacher_cache(self) -> bool:
@@ -517,7 +529,9 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             terms = distillation_losses(self.model, self.teacher, self.distiller, images, labels,
                                         alpha=self.cfg.distill.alpha, aux_weight=self.cfg.optim.aux_weight,
-                                        ignore_index=self.ignore_index, ce=self.ce, teacher_output=teacher_output)
+                                        ignore_index=self.ignore_index, ce=self.ce, teacher_output=teacher_output,
+                                        ce_align_corners=self.cfg.model.ce_align_corners,
+                                        aux_align_corners=self.cfg.model.aux_align_corners)
         check_finite(terms, self.iteration)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss/total"].backward()
@@ -530,7 +544,8 @@ class Trainer:
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Whole-image evaluation, logits upsampled bilinearly; sharded over ranks, all-reduced."""
+        """Whole-image evaluation, logits upsampled bilinearly (``model.eval_align_corners``); sharded over
+        ranks, all-reduced."""
         self.student.eval()
         acc = EvalAccumulators(
             ConfusionMatrix(self.num_classes, self.ignore_index, self.device),
@@ -566,8 +581,7 @@ class Trainer:
         self.student.eval()
         feats, labs, samples = [], [], []
         n_sources = min(len(self.val_ds), max(n_img, 8 if n_pix else 0))
-        mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+        prep = preprocessing_of(self.cfg.data)  # figures show the RGB image, whatever the model's input convention
         for i in range(n_sources):
             image, label = self.val_ds[i]
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
@@ -580,7 +594,7 @@ class Trainer:
                 labs.append(small[valid])
             if i < n_img:
                 pred = self._upsample(out.logits.float(), label.shape[-2:]).argmax(1)[0].cpu()
-                rgb = ((image * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+                rgb = prep.invert(image).permute(1, 2, 0)  # (H, W, 3) uint8
                 samples.append({"image": rgb.numpy(), "label": label.numpy().astype(np.int16),
                                 "prediction": pred.numpy().astype(np.int16)})
         embeddings = None

@@ -6,8 +6,9 @@ size ``(H, W)`` and takes the pixel-wise cross-entropy. Done literally (:func:`s
 backward pass runs ``upsample_bilinear2d_backward``, a scatter with atomics: on an H200 that path
 is ~40% of a distillation step (DESIGN.md, measured anchors).
 
-Bilinear resizing with ``align_corners=False`` is linear and separable: ``up = A_H @ x @ A_W^T``
-with fixed interpolation matrices ``A_H (H, h)`` and ``A_W (W, w)`` (two non-zeros per row). So
+Bilinear resizing (with ``align_corners`` False or True: ``model.ce_align_corners`` /
+``model.aux_align_corners``) is linear and separable: ``up = A_H @ x @ A_W^T`` with fixed
+interpolation matrices ``A_H (H, h)`` and ``A_W (W, w)`` (two non-zeros per row). So
 
     forward:  t = x @ A_W^T (low-res rows, full-res columns), then per block of output rows
               z = A_H[rows] @ t, loss += sum(logsumexp_c z - z[label]) over valid pixels
@@ -32,11 +33,16 @@ BLOCK_ELEMENTS = 1 << 24
 
 
 @functools.lru_cache(maxsize=64)
-def _interp_matrix_cpu(out_size: int, in_size: int) -> Tensor:
-    """``(out, in)`` float64 matrix of ``F.interpolate(mode='bilinear', align_corners=False)`` along
-    one axis when the output size is given: source coordinate ``(i + 0.5) * in / out - 0.5``, clamped
-    at 0; the right neighbour clamped at ``in - 1`` (PyTorch's ``area_pixel_compute_source_index``)."""
-    src = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(min=0.0)
+def _interp_matrix_cpu(out_size: int, in_size: int, align_corners: bool = False) -> Tensor:
+    """``(out, in)`` float64 matrix of ``F.interpolate(mode='bilinear', align_corners=...)`` along one
+    axis when the output size is given (PyTorch's ``area_pixel_compute_source_index``): source
+    coordinate ``(i + 0.5) * in / out - 0.5`` clamped at 0 (``align_corners=False``), or
+    ``i * (in - 1) / (out - 1)`` (True; 0 when ``out == 1``); the right neighbour clamped at ``in - 1``."""
+    i = torch.arange(out_size, dtype=torch.float64)
+    if align_corners:
+        src = i * ((in_size - 1) / (out_size - 1)) if out_size > 1 else torch.zeros_like(i)
+    else:
+        src = ((i + 0.5) * (in_size / out_size) - 0.5).clamp(min=0.0)
     i0 = src.floor().long().clamp(max=in_size - 1)
     i1 = (i0 + 1).clamp(max=in_size - 1)
     w1 = src - i0.to(torch.float64)
@@ -48,11 +54,12 @@ def _interp_matrix_cpu(out_size: int, in_size: int) -> Tensor:
 
 
 def interp_matrix(out_size: int, in_size: int, *, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> Tensor:
-    """The bilinear (``align_corners=False``) resize matrix ``(out_size, in_size)`` on ``device``."""
+                  dtype: torch.dtype = torch.float32, align_corners: bool = False) -> Tensor:
+    """The bilinear resize matrix ``(out_size, in_size)`` on ``device`` (``align_corners`` as in
+    ``F.interpolate``)."""
     if out_size < 1 or in_size < 1:
         raise ValueError(f"sizes must be >= 1, got out={out_size}, in={in_size}")
-    return _interp_matrix_cpu(out_size, in_size).to(device=device, dtype=dtype)
+    return _interp_matrix_cpu(out_size, in_size, bool(align_corners)).to(device=device, dtype=dtype)
 
 
 def _rows_per_block(b: int, c: int, height: int, width: int, block_elements: int) -> int:
@@ -107,9 +114,9 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
 
 
 def upsampled_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = 255, *,
-                            block_elements: int = BLOCK_ELEMENTS) -> Tensor:
+                            align_corners: bool = False, block_elements: int = BLOCK_ELEMENTS) -> Tensor:
     """Same value and gradient as ``F.cross_entropy(F.interpolate(logits, labels.shape[-2:], 'bilinear',
-    align_corners=False).float(), labels, ignore_index=ignore_index)``, computed block by block.
+    align_corners=align_corners).float(), labels, ignore_index=ignore_index)``, computed block by block.
 
     ``logits (B, C, h, w)`` float/bf16, ``labels (B, H, W)`` int64 in ``[0, C)`` or ``ignore_index``.
     The interpolation matmuls run in the logits' dtype (bf16 under autocast, fp32 accumulation);
@@ -121,6 +128,6 @@ def upsampled_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = 
         raise ValueError(f"block_elements must be >= 1, got {block_elements}")
     height, width = labels.shape[-2:]
     dtype = logits.dtype if logits.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else torch.float32
-    a_h = interp_matrix(height, logits.shape[-2], device=logits.device, dtype=dtype)
-    a_w = interp_matrix(width, logits.shape[-1], device=logits.device, dtype=dtype)
+    a_h = interp_matrix(height, logits.shape[-2], device=logits.device, dtype=dtype, align_corners=align_corners)
+    a_w = interp_matrix(width, logits.shape[-1], device=logits.device, dtype=dtype, align_corners=align_corners)
     return _UpsampledCrossEntropy.apply(logits.to(dtype), labels, a_h, a_w, ignore_index, block_elements)

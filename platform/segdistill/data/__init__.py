@@ -13,16 +13,25 @@ from segdistill.data.registry import (
     build_datasets,
     dataset_info,
     get_dataset_family,
+    preprocessing_of,
     register_dataset,
 )
-from segdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, denormalize, normalize
+from segdistill.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalTransform,
+    Preprocessing,
+    TrainTransform,
+    denormalize,
+    normalize,
+)
 from segdistill.data import synthetic, cityscapes, ade20k, cocostuff  # noqa: E402  (explicit registration)
 from segdistill.data.synthetic import class_table, synthetic_class_names
 
 __all__ = [
     "DATASETS", "IGNORE_INDEX", "DatasetInfo", "SegmentationDataset", "build_datasets", "dataset_info",
     "get_dataset_family", "register_dataset", "IMAGENET_MEAN", "IMAGENET_STD", "EvalTransform",
-    "TrainTransform", "normalize", "denormalize", "synthetic", "cityscapes", "ade20k", "cocostuff",
+    "Preprocessing", "preprocessing_of", "TrainTransform", "normalize", "denormalize", "synthetic", "cityscapes", "ade20k", "cocostuff",
     "class_table", "synthetic_class_names", "label_ceiling",
 ]
 

@@ -6,7 +6,7 @@ with raw ids 0..181 (= COCO category id - 1) and 255 for unlabelled. Of the 182 
 0..170 in order; the 11 unused ids and 255 become ignore (255). Ids 182..254 do not occur in the
 release: a label file holding one raises ``ValueError`` naming it (converted or foreign labels).
 
-Note (NOTES.md): the reference code averages IoU over all 182 ids; evaluating over the 171 used
+Note (docs/REFERENCE.md "Labels"): the reference code averages IoU over all 182 ids; evaluating over the 171 used
 classes (this reader) is the correct protocol. mmseg's converted ``*_labelTrainIds.png`` files are
 not read; point ``root`` at the raw annotation PNGs.
 """

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segdistill.config import DataConfig
-from segdistill.data.transforms import EvalTransform, TrainTransform
+from segdistill.data.transforms import EvalTransform, Preprocessing, TrainTransform
 
 IGNORE_INDEX = 255
 
@@ -141,6 +141,12 @@ class SegmentationDataset(Dataset):
         return img, lbl, int(flipped)
 
 
+def preprocessing_of(cfg: DataConfig) -> Preprocessing:
+    """The image preprocessing ``cfg``'s ``channel_order``, ``pixel_scale``, ``mean_*``, ``std_*`` describe."""
+    return Preprocessing(cfg.channel_order, cfg.pixel_scale, (cfg.mean_r, cfg.mean_g, cfg.mean_b),
+                         (cfg.std_r, cfg.std_g, cfg.std_b))
+
+
 def dataset_info(cfg: DataConfig) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``cfg.name`` (class count and names) without loading any data."""
     return get_dataset_family(cfg.name).info(cfg)
@@ -152,13 +158,15 @@ def build_datasets(cfg: DataConfig, *, generator: torch.Generator | None = None
 
     train items: augmented crops ``(float32 (3, crop, crop), int64 (crop, crop))`` (random scale in
     ``[scale_min, scale_max]``, pad with 0 / ignore, random crop, random flip; supplement Sec. III);
-    val items: whole images, normalised, no augmentation.
+    val items: whole images, normalised, no augmentation. Both are preprocessed as ``cfg``'s
+    preprocessing fields say (:func:`preprocessing_of`).
     """
     family = get_dataset_family(cfg.name)
     info = family.info(cfg)
     train_src, val_src = family.sources(cfg)
+    prep = preprocessing_of(cfg)
     train_tf = TrainTransform(crop_size=cfg.crop_size, scale_min=cfg.scale_min, scale_max=cfg.scale_max,
-                              flip=cfg.flip, ignore_index=info.ignore_index)
+                              flip=cfg.flip, ignore_index=info.ignore_index, preprocessing=prep)
     train = SegmentationDataset(train_src, train_tf, info, generator=generator)
-    val = SegmentationDataset(val_src, EvalTransform(), info)
+    val = SegmentationDataset(val_src, EvalTransform(prep), info)
     return train, val, info

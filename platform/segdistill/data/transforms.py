@@ -1,9 +1,11 @@
 """Training augmentation and evaluation preprocessing (paper supplement Sec. III).
 
 Training: random scale in ``[scale_min, scale_max]`` (bilinear image, nearest label), normalise
-with the ImageNet mean/std, pad to the crop size (image with 0 -- i.e. the mean colour, since the
-reference code pads after mean subtraction -- label with ``ignore_index``), random crop, random
-horizontal flip. Evaluation: whole image, normalised, nothing else.
+(:class:`Preprocessing`: channel order, scale, mean, std; ImageNet's RGB mean/std by default, the
+reference code's BGR minus the Caffe means for its checkpoints), pad to the crop size (image with 0
+-- i.e. the mean colour, since the reference code pads after mean subtraction -- label with
+``ignore_index``), random crop, random horizontal flip. Evaluation: whole image, normalised,
+nothing else.
 
 Everything works on torch tensors: images ``uint8 (3, H, W)`` in, ``float32 (3, h, w)`` out; labels
 ``int64 (H, W)``. Random draws come from the ``generator`` passed in (``None``: torch's global RNG,
@@ -12,6 +14,8 @@ which ``DataLoader`` seeds per worker), so augmentation is reproducible.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -19,21 +23,79 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def normalize(image: torch.Tensor) -> torch.Tensor:
-    """``uint8 or float (3, H, W)`` in [0, 255] -> ``float32 (3, H, W)`` ImageNet-normalised."""
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected an image of shape (3, H, W), got {tuple(image.shape)}")
-    x = image.to(torch.float32).div(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    return (x - mean) / std
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB image becomes model input: ``x[c] = (pixel[c] / scale - mean[c]) / std[c]``, then the
+    channels in ``channel_order``. ``mean`` and ``std`` are per colour in (R, G, B) order, on the scale
+    after the division (the ``data.*`` fields of the same names, ``segdistill.config``).
+
+    Arithmetic: in float32, as torchvision's ``ToTensor`` + ``Normalize`` do; except that with unit
+    scale and std (the reference's convention: a plain mean subtraction) the subtraction runs in
+    float64 and is rounded once to float32, as the reference's numpy code does (datasets.py: float32
+    image minus a float64 mean), so its inputs are reproduced bit for bit.
+    """
+
+    channel_order: str = "rgb"
+    scale: float = 255.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {self.channel_order!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or self.scale <= 0 or min(self.std) <= 0:
+            raise ValueError(f"need 3 means, 3 positive stds and a positive scale, got {self}")
+
+    def _stats(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std), each (3, 1, 1), in the model's channel order."""
+        order = [0, 1, 2] if self.channel_order == "rgb" else [2, 1, 0]
+        mean = torch.tensor([self.mean[i] for i in order], dtype=dtype).view(3, 1, 1)
+        std = torch.tensor([self.std[i] for i in order], dtype=dtype).view(3, 1, 1)
+        return mean, std
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """``uint8 or float (3, H, W)`` RGB in [0, 255] -> ``float32 (3, H, W)`` model input."""
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected an image of shape (3, H, W), got {tuple(image.shape)}")
+        if self.subtract_only:  # x - mean in float64, one rounding (the reference's numpy arithmetic)
+            x = image.to(torch.float32).to(torch.float64)
+            if self.channel_order == "bgr":
+                x = x.flip(0)
+            return (x - self._stats(torch.float64)[0]).to(torch.float32)
+        x = image.to(torch.float32).div(self.scale)
+        if self.channel_order == "bgr":
+            x = x.flip(0)
+        mean, std = self._stats()
+        return (x - mean) / std
+
+    @property
+    def subtract_only(self) -> bool:
+        """True when preprocessing is a plain mean subtraction (unit scale and std)."""
+        return self.scale == 1.0 and all(s == 1.0 for s in self.std)
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``__call__`` for figures: ``float32 (3, H, W)`` -> ``uint8 (3, H, W)`` RGB."""
+        mean, std = self._stats()
+        rgb = (x.float() * std + mean) * self.scale
+        if self.channel_order == "bgr":
+            rgb = rgb.flip(0)
+        return rgb.round().clamp(0, 255).to(torch.uint8)
 
 
-def denormalize(image: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`normalize`: ``float32 (3, H, W)`` -> ``uint8 (3, H, W)``."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    return ((image * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+IMAGENET = Preprocessing()
+# the reference code's: BGR, 0-255 scale, minus the Caffe BGR means, no std (docs/REFERENCE.md)
+REFERENCE = Preprocessing("bgr", 1.0, (122.67891434, 116.66876762, 104.00698793), (1.0, 1.0, 1.0))
+
+
+def normalize(image: torch.Tensor, preprocessing: Preprocessing = IMAGENET) -> torch.Tensor:
+    """``uint8 or float (3, H, W)`` RGB in [0, 255] -> ``float32 (3, H, W)`` model input (ImageNet
+    mean/std by default)."""
+    return preprocessing(image)
+
+
+def denormalize(image: torch.Tensor, preprocessing: Preprocessing = IMAGENET) -> torch.Tensor:
+    """Inverse of :func:`normalize`: ``float32 (3, H, W)`` -> ``uint8 (3, H, W)`` RGB."""
+    return preprocessing.invert(image)
 
 
 def nearest_indices(in_size: int, out_size: int) -> torch.Tensor:
@@ -117,7 +179,7 @@ class TrainTransform:
     """
 
     def __init__(self, *, crop_size: int, scale_min: float = 0.5, scale_max: float = 2.0,
-                 flip: bool = True, ignore_index: int = 255) -> None:
+                 flip: bool = True, ignore_index: int = 255, preprocessing: Preprocessing = IMAGENET) -> None:
         if crop_size < 1:
             raise ValueError(f"crop_size must be >= 1, got {crop_size}")
         if not 0 < scale_min <= scale_max:
@@ -127,6 +189,7 @@ class TrainTransform:
         self.scale_max = scale_max
         self.flip = flip
         self.ignore_index = ignore_index
+        self.preprocessing = preprocessing
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +226,7 @@ class TrainTransform:
         bottom/right (image 0 after normalisation, label ``ignore_index``) where it passes their edge."""
         h, w = size
         rows, cols = min(self.crop_size, h - top), min(self.crop_size, w - left)
-        img = normalize(resize_window(image, size, top, left, rows, cols))
+        img = self.preprocessing(resize_window(image, size, top, left, rows, cols))
         H, W = label.shape
         lbl = label[nearest_indices(H, h)[top:top + rows]][:, nearest_indices(W, w)[left:left + cols]].to(torch.int64)
         return pad_pair(img, lbl, self.crop_size, self.ignore_index)
@@ -191,9 +254,12 @@ class TrainTransform:
 class EvalTransform:
     """Whole image, normalised: ``(uint8 (3, H, W), int64 (H, W)) -> (float32 (3, H, W), int64 (H, W))``."""
 
+    def __init__(self, preprocessing: Preprocessing = IMAGENET) -> None:
+        self.preprocessing = preprocessing
+
     def __call__(self, image: torch.Tensor, label: torch.Tensor,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``generator`` is accepted for symmetry with :class:`TrainTransform` and unused."""
         if image.shape[-2:] != label.shape:
             raise ValueError(f"image {tuple(image.shape)} and label {tuple(label.shape)} sizes differ")
-        return normalize(image), label.to(torch.int64)
+        return self.preprocessing(image), label.to(torch.int64)

@@ -3,7 +3,7 @@ segmentation form: Pearson correlation of logits, inter-class and intra-class.
 
 DIST transfers *relations* rather than exact values: per pixel, the correlation of the student's
 and teacher's class-score vectors (inter-class relation), and per class, the correlation of their
-score maps over all pixels of the batch (intra-class relation). NOTES.md: the segmentation version
+score maps over all pixels of the batch (intra-class relation). docs/REFERENCE.md "Comparison methods": the segmentation version
 uses the raw logits, with no softmax and no temperature (the classification version softmaxes at
 temperature tau). Both terms are ``1 - mean Pearson``; reference weights beta = gamma = 1.
 """

@@ -3,7 +3,7 @@
 A distiller turns (student output, teacher output, labels) into named, weighted loss terms
 (:meth:`Distiller.terms`); their sum is the method loss ``L_distill`` and ``alpha`` is applied by the
 training step, not here (STYLE.md 1, 8): ``loss = CE + aux + alpha * L_distill``. Each method's
-internal weights are config fields (``distill.*``) defaulting to the reference recipe (NOTES.md);
+internal weights are config fields (``distill.*``) defaulting to the reference recipe (docs/REFERENCE.md "Comparison methods");
 ``reference_alpha`` is the ``distill.alpha`` that reproduces the reference (3 for CWD/HWD, 1 for the
 rest, whose reference code weights every term itself). The maths are pure functions in the
 per-method modules (``skd``, ``ifvd``, ``cirkd``, ``mgd``, ``dist``, ``adversarial``).
@@ -189,7 +189,7 @@ class DISTDistiller(Distiller):
     """DIST (Huang et al., 2022), segmentation form: ``1 - Pearson`` of raw logits between student
     and teacher, inter-class (per pixel, over classes; ``distill.dist_inter_weight``, reference 1)
     and intra-class (per class, over the batch's pixels; ``distill.dist_intra_weight``, reference
-    1). No softmax or temperature (NOTES.md). Reference ``distill.alpha = 1``."""
+    1). No softmax or temperature (docs/REFERENCE.md). Reference ``distill.alpha = 1``."""
 
     zero_at_equality = ("inter", "intra")
 
@@ -245,7 +245,7 @@ class SKDDistiller(_AdversarialMixin, Distiller):
 class IFVDDistiller(_AdversarialMixin, Distiller):
     """Intra-class feature variation distillation (Wang et al., ECCV 2020). Transfers pixel KD
     (``distill.kd_weight``, 1), the map of cosine similarities between each pixel's feature and its
-    class prototype (``distill.ifvd_weight``, 20 per NOTES.md; tap ``"head"``), and the same
+    class prototype (``distill.ifvd_weight``, 20 per docs/REFERENCE.md; tap ``"head"``), and the same
     adversarial term as SKD. Reference ``distill.alpha = 1``."""
 
     feature_tap = "head"

@@ -1,8 +1,10 @@
 """Segmentation heads: DeepLabV3 (ASPP), PSPNet (pyramid pooling) and the auxiliary FCN head.
 
-NOTES.md "Models in the reference code": DeepLabV3 uses ASPP rates (12, 24, 36) at output stride 8
-plus image pooling, head width 128 (R18, MBV2) / 256 (R101), dropout 0.1 before the classifier;
-PSPNet uses pyramid bins (1, 2, 3, 6); ResNets add an FCN head on layer3.
+docs/REFERENCE.md "Architecture": DeepLabV3 uses ASPP rates (12, 24, 36) at output stride 8 plus
+image pooling, width 128 (R18, MBV2) / 256 (R101), dropout 0.1 before the classifier; PSPNet uses
+pyramid bins (1, 2, 3, 6) and width 128 (R18, MBV2) / 512 (R101); ResNets add an FCN head on layer3.
+The paper models are these heads at the reference's widths (tests/test_reference.py checks their
+outputs against the reference's); ``segdistill.models.reference`` maps their module names.
 
 Details taken from the reference code (CIRKD lineage) rather than the paper:
 - the ASPP projection ends with Dropout(0.5), the head block with Dropout(0.1);

@@ -2,9 +2,10 @@
 
 Every script takes ``--preset {smoke,demo,paper} --results DIR --data-root DIR --address HOST:PORT
 --resume --seeds N`` (plus ``--overwrite``, ``--zoo``, ``--shape``, ``--workers``, ``--gpus``,
-``--cpus``, ``--iterations``, ``--dataset``, ``--mlflow URI``, ``--progress``, ``--verbose``,
-``--quiet``), shows the study's live view while it runs and ends by printing a summary table,
-where the results went and the analysis command that turns them into figures.
+``--cpus``, ``--iterations``, ``--dataset``, ``--pretrained``, ``--teacher-checkpoint``, ``--teacher-arch``,
+``--mlflow URI``, ``--progress``, ``--verbose``, ``--quiet``), shows the study's live view while it
+runs and ends by printing a summary table, where the results went and the analysis command that
+turns them into figures.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=float, default=None, help="GPUs per trial (inline) or per worker (train)")
     p.add_argument("--cpus", type=float, default=None, help="CPUs per trial (inline) or per worker (train)")
     p.add_argument("--iterations", type=int, default=None, help="override the students' iterations")
+    p.add_argument("--pretrained", default=None, help="students' ImageNet backbone file (model.pretrained), or a "
+                   "directory holding the reference's resnet18-imagenet.pth / resnet101-imagenet.pth / "
+                   "mobilenetv2-imagenet.pth (one for every student architecture)")
+    p.add_argument("--teacher-checkpoint", default=None, help="distil from this teacher file (a segdistill model.pt "
+                   "or a reference-code checkpoint such as deeplabv3_resnet101_citys_best_model.pth) instead of "
+                   "training one into the zoo")
+    p.add_argument("--teacher-arch", default=None, help="the teacher's architecture (default: the preset's, "
+                   "e.g. deeplabv3_r101)")
     p.add_argument("--mlflow", default=None, metavar="URI", help="log every configuration as an MLflow run "
                    "(the study is the experiment), e.g. http://127.0.0.1:5000; checked before anything trains")
     p.add_argument("--progress", choices=("auto", "live", "plain", "off"), default="auto",
@@ -58,7 +67,9 @@ def view_args(args: argparse.Namespace) -> dict[str, Any]:
 def preset_from_args(args: argparse.Namespace) -> Preset:
     return get_preset(args.preset, data_root=args.data_root, dataset=args.dataset, seeds=args.seeds,
                       shape=args.shape, workers=args.workers, gpus=args.gpus, cpus=args.cpus,
-                      iterations=args.iterations)
+                      iterations=args.iterations, pretrained=getattr(args, "pretrained", None),
+                      teacher_checkpoint=getattr(args, "teacher_checkpoint", None),
+                      teacher_arch=getattr(args, "teacher_arch", None))
 
 
 CWD_REFERENCE = {"distill.method": "cwd", "tag.group": "cwd_ref", "tag.setting": "cwd"}

@@ -10,8 +10,10 @@
   (:func:`segdistill.data.validate.validate_data`: missing root, wrong layout, corrupt images,
   label ids outside the class range);
 - every teacher checkpoint a variant names is loaded and checked against the config
-  (architecture = ``distill.teacher_arch``, class count = the dataset's), and every
-  ``model.pretrained`` file exists.
+  (architecture = ``distill.teacher_arch``, class count = the dataset's, input preprocessing = the
+  one the weights were trained with; segdistill and reference-code files alike), and every
+  ``model.pretrained`` backbone file is read and checked against the student (keys, shapes,
+  preprocessing).
 
 :func:`check_resources` runs once Ray is up, before the first trial: a trial that asks for more
 workers, CPUs or GPUs than the cluster (or any single node, for one worker) has would otherwise
@@ -85,36 +87,78 @@ def check_data(configs: Iterable[TrainConfig], *, per_split: int = 4) -> list[st
 
 
 def check_checkpoints(configs: Iterable[TrainConfig]) -> list[str]:
-    """Load each named teacher checkpoint once and compare it with what the config expects."""
+    """Load each named teacher checkpoint once and compare it with what the config expects
+    (architecture, class count, input preprocessing); read each ``model.pretrained`` backbone file
+    and check it fits the student and its preprocessing. Every format the trainer accepts is
+    accepted here (segdistill ``model.pt`` / ``state.pt``, reference-code checkpoints and backbone
+    files, torchvision backbone files)."""
     import torch
 
+    from ..checkpoints import BACKBONE_PREPROCESSING, check_preprocessing
     from ..data import dataset_info
+    from ..models import build_model
+    from ..models.weights import backbone_state
     from ..train import load_teacher
 
-    problems, seen = [], set()
+    problems, seen, seen_pretrained = [], set(), set()
     for cfg in configs:
         d = cfg.distill
-        if cfg.model.pretrained and not Path(cfg.model.pretrained).expanduser().is_file():
-            problems.append(f"model.pretrained={cfg.model.pretrained!r}: no such file (a torchvision-format "
-                            "state dict, or '' for random init)")
+        if cfg.model.pretrained:
+            key = (cfg.model.pretrained, cfg.model.arch, tuple(getattr(cfg.data, k) for k in _PREP_FIELDS))
+            if key not in seen_pretrained:
+                seen_pretrained.add(key)
+                problems += _check_pretrained(cfg, build_model, backbone_state, BACKBONE_PREPROCESSING,
+                                              check_preprocessing)
         if d.method == "none" or d.teacher_checkpoint in ("", PENDING_TEACHER):
             continue
         num_classes = dataset_info(cfg.data).num_classes
-        key = (d.teacher_checkpoint, d.teacher_arch, num_classes)
+        key = (d.teacher_checkpoint, d.teacher_arch, num_classes, tuple(getattr(cfg.data, k) for k in _PREP_FIELDS))
         if key in seen:
             continue
         seen.add(key)
         try:
             load_teacher(d.teacher_checkpoint, arch=d.teacher_arch, num_classes=num_classes,
-                         device=torch.device("cpu"))
+                         device=torch.device("cpu"), data=cfg.data)
         except FileNotFoundError:
             problems.append(f"distill.teacher_checkpoint={d.teacher_checkpoint!r}: no such file (a model.pt written "
-                            "by segdistill, or leave it empty and give StudySpec.teacher to train one)")
+                            "by segdistill or a reference-code checkpoint, or leave it empty and give "
+                            "StudySpec.teacher to train one)")
+        except ConfigError as exc:  # preprocessing the teacher was not trained with
+            problems.append(str(exc))
         except Exception as exc:  # noqa: BLE001 - wrong arch/classes, corrupt or foreign file
             problems.append(f"distill.teacher_checkpoint={d.teacher_checkpoint!r} does not fit this config "
                             f"(distill.teacher_arch={d.teacher_arch!r}, data.name={cfg.data.name!r} with "
                             f"{num_classes} classes): {type(exc).__name__}: {exc}")
     return problems
+
+
+_PREP_FIELDS = ("channel_order", "pixel_scale", "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b")
+
+
+def _check_pretrained(cfg: TrainConfig, build_model: Any, backbone_state: Any, expected: Mapping[str, Any],
+                      check_preprocessing: Any) -> list[str]:
+    """Problems with ``cfg.model.pretrained``: missing, not fitting the student's backbone (checked on
+    a meta-device model: nothing is allocated), or trained with other preprocessing."""
+    import torch
+
+    path = cfg.model.pretrained
+    if not Path(path).expanduser().exists():
+        return [f"model.pretrained={path!r}: no such file (an ImageNet backbone file: the reference code's "
+                "resnet18-imagenet.pth / resnet101-imagenet.pth / mobilenetv2-imagenet.pth or a torchvision state "
+                "dict, a directory holding the reference files, or '' for random init)"]
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model.arch, 2, output_stride=cfg.model.output_stride, aux=False)
+        _, fmt, file = backbone_state(model, path)
+        check_preprocessing(expected[fmt], cfg.data, field="model.pretrained", value=path,
+                            why=f"a {fmt}-format ImageNet backbone file ({file.name})")
+    except FileNotFoundError as exc:  # a directory without the file this architecture needs
+        return [f"model.pretrained={path!r}: {exc}"]
+    except ConfigError as exc:
+        return [str(exc)]
+    except ValueError as exc:
+        return [f"model.pretrained={path!r} does not fit model.arch={cfg.model.arch!r}: {exc}"]
+    return []
 
 
 def preflight_spec(spec: StudySpec, *, data_items: int = 4) -> None:

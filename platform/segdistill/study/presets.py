@@ -11,8 +11,12 @@
   Inline trials, one CPU each (a quarter GPU each when a GPU is present).
 - ``paper``: the paper's recipe (supplement Sec. III): a real dataset under ``--data-root``,
   512x512 crops, batch 8, SGD lr 0.01, 40k iterations, paper models (DeepLabV3-R101 teacher ->
-  DeepLabV3-R18 student), bf16 on GPUs; Train-backed trials with one GPU worker each
-  (``--workers N`` for DDP over N GPUs per trial).
+  DeepLabV3-R18 student; the reference code's networks), the reference code's input preprocessing
+  (BGR minus the Caffe means, no std) and ``align_corners=True`` upsampling for the CE, the aux CE
+  and evaluation (docs/REFERENCE.md), bf16 on GPUs; Train-backed trials with one GPU worker each
+  (``--workers N`` for DDP over N GPUs per trial). ``--pretrained`` (the reference's ImageNet
+  backbone files) and ``--teacher-checkpoint`` (e.g. a released reference teacher) give the
+  starting weights; docs/REPRODUCING.md walks through one Table II row.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import TrainConfig
+from ..config import REFERENCE_PREPROCESSING, REFERENCE_UPSAMPLING, TrainConfig
 from .spec import Resources, TeacherRecipe
 
 PRESETS = ("smoke", "demo", "paper")
 PAPER_DATASETS = ("ade20k", "cityscapes", "cocostuff")
-# NOTES.md: mu per dataset for DeepLab-R18 (0 on ADE20K, 1 on Cityscapes, 0.1 on COCO-Stuff)
+# docs/REFERENCE.md "Hyperparameters": mu per dataset for DeepLab-R18 (0 on ADE20K, 1 on Cityscapes, 0.1 on COCO-Stuff)
 PAPER_MU = {"ade20k": 0.0, "cityscapes": 1.0, "cocostuff": 0.1, "synthetic": 0.0}
 
 
@@ -57,8 +61,14 @@ def _gpu_available() -> bool:
 
 def get_preset(name: str, *, data_root: str = "", dataset: str | None = None, seeds: int | None = None,
                shape: str | None = None, workers: int | None = None, gpus: float | None = None,
-               cpus: float | None = None, iterations: int | None = None) -> Preset:
-    """The named preset, with command-line overrides applied (None = keep the preset's value)."""
+               cpus: float | None = None, iterations: int | None = None, pretrained: str | None = None,
+               teacher_checkpoint: str | None = None, teacher_arch: str | None = None) -> Preset:
+    """The named preset, with command-line overrides applied (None = keep the preset's value).
+
+    ``pretrained``: ``model.pretrained`` of the students (a backbone file, or a directory holding the
+    reference's ImageNet files, which serves every student architecture). ``teacher_checkpoint``:
+    distil from this file (a segdistill ``model.pt`` or a reference-code checkpoint) instead of a
+    zoo teacher; its architecture is ``teacher_arch`` (default: the preset's teacher)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets are {PRESETS}")
     if name == "smoke":
@@ -73,6 +83,13 @@ def get_preset(name: str, *, data_root: str = "", dataset: str | None = None, se
         p = p.replace(base=p.base.replace(**{"data.root": data_root}))
     if seeds is not None:
         p = p.replace(seeds=tuple(range(seeds)))
+    if pretrained:
+        p = p.replace(base=p.base.replace(**{"model.pretrained": pretrained}))
+    if teacher_checkpoint:
+        p = p.replace(base=p.base.replace(**{"distill.teacher_arch": teacher_arch or p.teacher.arch,
+                                             "distill.teacher_checkpoint": teacher_checkpoint}))
+    elif teacher_arch:
+        p = p.replace(teacher=dataclasses.replace(p.teacher, arch=teacher_arch))
     if iterations is not None:
         p = p.replace(base=p.base.replace(**{"optim.iterations": iterations,
                                              "run.eval_every": max(1, iterations // 4)}))
@@ -130,6 +147,7 @@ def _paper(dataset: str, data_root: str) -> Preset:
         "optim.iterations": 40_000, "optim.batch_size": 8, "optim.lr": 0.01,
         "run.eval_every": 4_000, "run.log_every": 50, "run.device": "auto", "run.amp": True,
         "run.channels_last": True, "run.progress": False,
+        **REFERENCE_PREPROCESSING, **REFERENCE_UPSAMPLING,
     })
     teacher = TeacherRecipe("deeplabv3_r101", {"optim.iterations": 80_000, "run.eval_every": 8_000})
     return Preset("paper", base, teacher, (0,), "train", Resources(cpus=8, gpus=1, num_workers=1),

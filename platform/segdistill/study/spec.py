@@ -61,15 +61,21 @@ class Resources:
 @dataclass(frozen=True)
 class TeacherRecipe:
     """How to train the teacher a student needs: the student's data config, a teacher architecture,
-    CE only (``distill.method="none"``), and optimiser overrides (NOTES.md: 80k-160k iterations
-    advised for ADE20K/COCO-Stuff teachers; the tiny synthetic ones need a few hundred)."""
+    CE only (``distill.method="none"``), and optimiser overrides (docs/REFERENCE.md "Training recipe":
+    80k-160k iterations advised for ADE20K/COCO-Stuff teachers; the tiny synthetic ones need a few
+    hundred)."""
 
     arch: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def config_for(self, student: TrainConfig) -> TrainConfig:
-        """The teacher's TrainConfig for ``student``: same data and run settings, teacher model."""
-        flat = {"model.arch": self.arch, "model.pretrained": "",
+        """The teacher's TrainConfig for ``student``: same data and run settings, teacher model.
+
+        A student's ``model.pretrained`` directory (the reference's ImageNet files, one per backbone)
+        serves the teacher too; a single file is the student's backbone only and is dropped."""
+        pretrained = student.model.pretrained if student.model.pretrained and os.path.isdir(
+            os.path.expanduser(student.model.pretrained)) else ""
+        flat = {"model.arch": self.arch, "model.pretrained": pretrained,
                 "run.embedding_pixels": 0, "run.sample_images": 0,
                 "run.seed": 0}  # one teacher per recipe, shared by every student seed
         flat.update(self.overrides)
