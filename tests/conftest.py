@@ -10,12 +10,19 @@ session, and the last test checks that it is still alive.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# A new local Ray started with RAY_AUTH_MODE unset turns on token authentication and writes
+# ~/.ray/auth_token, which changes how every later `ray start` on this machine behaves (the user's
+# included). The suite's own Rays run without it unless the caller chose a mode
+# (tests/ray_helpers.py ray_env does the same for the nodes and scripts it starts).
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 NEIGHBOUR_TEST = "test_neighbour_ray_survives_the_suite"
 

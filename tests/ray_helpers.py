@@ -75,6 +75,11 @@ def ray_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "platform"), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.pop("RAY_ADDRESS", None)
+    # Ray's token authentication, when RAY_AUTH_MODE is unset, follows whether ~/.ray/auth_token
+    # exists, and a `ray start` node and a client of it can read that differently (a node that found
+    # the file refuses the client that did not: seen as "Failed to connect to Ray cluster"). Test nodes
+    # and their clients therefore always get one explicit mode: the caller's, else disabled.
+    env.setdefault("RAY_AUTH_MODE", "disabled")
     return env
 
 
