@@ -528,7 +528,7 @@ class Trainer:
         self.model.train()
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             terms = distillation_losses(self.model, self.teacher, self.distiller, images, labels,
-                                        alpha=self.cfg.distill.alpha, aux_weight=self.cfg.optim.aux_weight,
+                                        alpha=self.cfg.distill.effective_alpha, aux_weight=self.cfg.optim.aux_weight,
                                         ignore_index=self.ignore_index, ce=self.ce, teacher_output=teacher_output,
                                         ce_align_corners=self.cfg.model.ce_align_corners,
                                         aux_align_corners=self.cfg.model.aux_align_corners)

@@ -143,7 +143,7 @@ def _paper(dataset: str, data_root: str) -> Preset:
         "data.name": dataset, "data.root": data_root, "data.image_size": 512, "data.crop_size": 512,
         "data.num_workers": 8,
         "model.arch": "deeplabv3_r18",
-        "distill.mu": PAPER_MU[dataset], "distill.beta": 0.1, "distill.alpha": 3.0, "distill.tau": 4.0,
+        "distill.mu": PAPER_MU[dataset], "distill.beta": 0.1, "distill.tau": 4.0,
         "optim.iterations": 40_000, "optim.batch_size": 8, "optim.lr": 0.01,
         "run.eval_every": 4_000, "run.log_every": 50, "run.device": "auto", "run.amp": True,
         "run.channels_last": True, "run.progress": False,
