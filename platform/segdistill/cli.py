@@ -165,7 +165,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trainer.student.load_state_dict(model.state_dict())
     conf = trainer.evaluate()["conf"]
     print(f"{arch} on {cfg.data.name} val ({len(trainer.val_ds)} images, eval_align_corners="
-          f"{cfg.model.eval_align_corners}): mIoU {conf['miou']:.4f}  pixel acc {conf['pixel_acc']:.4f}  "
+          f"{cfg.model.eval_align_corners}): mIoU {conf['miou']:.4f}  (reference all-classes average "
+          f"{conf['miou_all_classes']:.4f})  pixel acc {conf['pixel_acc']:.4f}  "
           f"mean acc {conf['mean_acc']:.4f}  classes present {conf['classes_present']}")
     return 0
 

@@ -62,7 +62,7 @@ class FitResult:
     config: TrainConfig
     iterations_done: int
     best_miou: float
-    final_miou: float
+    final_miou: float  # mmseg convention (metrics.ConfusionMatrix)
     pixel_acc: float
     per_class: list[dict[str, Any]]
     curves: list[dict[str, Any]]
@@ -77,6 +77,7 @@ class FitResult:
     evals: list[dict[str, float]] = field(default_factory=list)
     embeddings: dict[str, np.ndarray] | None = None  # {"features": (N, D), "labels": (N,)} if run.embedding_pixels
     samples: list[dict[str, np.ndarray]] | None = None  # [{"image", "label", "prediction"}] if run.sample_images
+    final_miou_all_classes: float = float("nan")  # the reference code's average over all classes
 
 
 class Callback(Protocol):
@@ -718,7 +719,8 @@ class Trainer:
         miou = conf["miou"]
         self.best_miou = max(self.best_miou, miou) if math.isfinite(miou) else self.best_miou
         metrics = {
-            "iteration": self.iteration, "val/miou": miou, "val/pixel_acc": conf["pixel_acc"],
+            "iteration": self.iteration, "val/miou": miou, "val/miou_all_classes": conf["miou_all_classes"],
+            "val/pixel_acc": conf["pixel_acc"],
             "val/mean_acc": conf["mean_acc"], "val/best_miou": self.best_miou,
             "val/classes_present": conf["classes_present"],
         }
@@ -752,6 +754,7 @@ class Trainer:
             iterations_done=self.iteration,
             best_miou=self.best_miou,
             final_miou=last.get("val/miou", float("nan")),
+            final_miou_all_classes=last.get("val/miou_all_classes", float("nan")),
             pixel_acc=last.get("val/pixel_acc", float("nan")),
             per_class=last.get("per_class", []),
             curves=self.curves,
