@@ -301,6 +301,26 @@ def test_reference_shapes_of_the_defaults():
         assert build_distiller(default_config(m), student=student, teacher=teacher).adversary.loss == "hinge"
 
 
+@pytest.mark.parametrize("preset, dataset, entry", [
+    ("released", None, "hwd_readme_x3"),  # the released command: mu 1, no N_c (default dataset Cityscapes)
+    ("released", "ade20k", "hwd_readme_x3"),  # the command's flags, whatever the dataset
+    ("paper", "ade20k", "hwd_paper_x3"),  # the paper's text on ADE20K: mu 0, CD / (N_c + 1)
+])
+def test_presets_hwd_is_the_reference_recipe(preset, dataset, entry):
+    from segdistill.cli import PRESET_NAMES
+    from segdistill.study.presets import PRESETS, get_preset
+
+    assert PRESET_NAMES == PRESETS
+    p = get_preset(preset, data_root="/data", dataset=dataset)
+    assert p.base.optim.sync_bn and p.base.distill.alpha is None
+    cfg = dataclasses.replace(p.base.distill, method="hwd", teacher_arch=TEACHER, teacher_checkpoint="t.pt")
+    ours = _run(cfg)
+    for key in ("loss", "grad_logits"):
+        assert rel_err(ours[key], golden()[f"{entry}.{key}"]) <= TOL, key
+    if preset == "released":
+        assert p.base.run.eval_every == 400 and (dataset or p.base.data.name == "cityscapes")
+
+
 def parity_table() -> list[tuple[str, str, float, float, float, float]]:
     """(entry, what, loss abs err, loss rel err, grad_logits rel err, grad_feat rel err) per entry."""
     rows = []

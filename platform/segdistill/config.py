@@ -174,6 +174,11 @@ class DistillConfig:
     ``pixel_correction`` 'n' = paper's CD/(N_c+1), 'none' = released code's recipe,
     ``weighting`` 'smooth' = Eq. 7, 'softmax' = Fig. 6's alternative with temperature ``tau_prime``.
     ``teacher_checkpoint`` is required when method != 'none'; its architecture is ``teacher_arch``.
+    ``batch_coupling``: the images the batch-coupled terms (CIRKD's mini-batch pairs, DIST's
+    intra-class relation) relate under data parallelism: 'worker' (each worker's own images, as the
+    reference's 4 GPUs x 2 images) or 'global' (every worker's, gathered differentiably). With one
+    worker both are the whole batch.
+    Every default and the reference's value: docs/METHODS.md.
     """
 
     method: str = "none"
@@ -291,7 +296,11 @@ class DistillConfig:
 class OptimConfig:
     """SGD with poly decay, iteration-based (supplement Sec. III: lr 0.01, momentum 0.9, wd 1e-4,
     batch 8, 40k iterations, power 0.9). ``batch_size`` is the global batch, split evenly over
-    data-parallel workers. ``aux_weight`` is the auxiliary FCN head's CE weight."""
+    data-parallel workers. ``aux_weight`` is the auxiliary FCN head's CE weight. ``sync_bn``: with
+    more than one data-parallel worker, the student's BatchNorm layers normalise with statistics over
+    every worker's images (SyncBatchNorm, as the reference's 4-GPU runs: train_*.py ``BatchNorm2d =
+    nn.SyncBatchNorm if args.distributed``); no effect on one worker. Off by default, on in the
+    paper/released presets."""
 
     lr: float = 0.01
     momentum: float = 0.9
@@ -300,6 +309,7 @@ class OptimConfig:
     iterations: int = 400
     batch_size: int = 8
     aux_weight: float = 0.4
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         for name in ("lr", "momentum", "weight_decay", "power", "aux_weight"):

@@ -31,6 +31,7 @@ from .checkpoints import BACKBONE_PREPROCESSING, MODEL_FORMAT, check_preprocessi
 from .config import DataConfig, TrainConfig
 from .data import build_datasets, preprocessing_of
 from .losses import build_distiller
+from .parallel import convert_sync_batchnorm
 from .metrics import ConfusionMatrix, EvalAccumulators, TDNTDMeter, per_class_rows
 from .models import build_model, count_flops, count_params
 from .models.segmentor import SegOutput
@@ -398,6 +399,8 @@ class Trainer:
         if cfg.model.pretrained:
             load_pretrained_backbone(self.student, cfg.data, cfg.model.pretrained)
         self.student.to(self.device, memory_format=self.memory_format)
+        if self.world > 1 and cfg.optim.sync_bn:  # BatchNorm statistics over every worker's images
+            self.student = convert_sync_batchnorm(self.student, self.device)
         self.teacher: nn.Module | None = None
         self.teacher_cache: TeacherLogitCache | None = None
         self.distiller = build_distiller(cfg.distill, ignore_index=self.ignore_index, student=self.student)

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..config import ConfigError, DistillConfig
+from ..parallel import gather_batch, world_size
 from .adversarial import AdversarialCritic
 from .cirkd import MemoryBank, ProjectionHead, format_bytes, memory_bytes, memory_contrast_terms, minibatch_pair_loss
 from .cwd import cwd_loss, kd_loss
@@ -108,6 +109,15 @@ class Distiller(nn.Module):
     def terms(self, s_logits: Tensor, t_logits: Tensor, labels: Tensor, s_features: Mapping[str, Tensor] | None = None,
               t_features: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def coupled(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """The tensors a batch-coupled term (CIRKD's mini-batch pairs, DIST's intra-class relation)
+        sees: this worker's own images (``distill.batch_coupling = 'worker'``, the reference: each
+        GPU's 2 images) or every worker's, gathered differentiably (``'global'``; see
+        :mod:`segdistill.parallel`). One process: the whole batch either way."""
+        if self.cfg.batch_coupling == "global" and world_size() > 1:
+            return tuple(gather_batch(t) for t in tensors)
+        return tensors
 
     def forward(self, s_logits: Tensor, t_logits: Tensor, labels: Tensor, s_features: Mapping[str, Tensor] | None = None,
                 t_features: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -188,13 +198,16 @@ class HWDDistiller(Distiller):
 class DISTDistiller(Distiller):
     """DIST (Huang et al., 2022), segmentation form: ``1 - Pearson`` of raw logits between student
     and teacher, inter-class (per pixel, over classes; ``distill.dist_inter_weight``, reference 1)
-    and intra-class (per class, over the batch's pixels; ``distill.dist_intra_weight``, reference
+    and intra-class (per class, over the batch's pixels - the worker's or, with
+    ``distill.batch_coupling = 'global'``, every worker's; ``distill.dist_intra_weight``, reference
     1). No softmax or temperature (docs/REFERENCE.md). Reference ``distill.alpha = 1``."""
 
     zero_at_equality = ("inter", "intra")
 
     def terms(self, s_logits, t_logits, labels, s_features=None, t_features=None):  # type: ignore[override]
         inter, intra = dist_terms(s_logits, t_logits)
+        if self.cfg.batch_coupling == "global" and world_size() > 1:
+            intra = dist_terms(*self.coupled(s_logits, t_logits.detach()))[1]
         return {"inter": self.cfg.dist_inter_weight * inter, "intra": self.cfg.dist_intra_weight * intra}
 
 
@@ -310,7 +323,8 @@ class CIRKDDistiller(Distiller):
             region_contrast=self.region_contrast, tau=c.cirkd_contrast_tau, kd_tau=c.cirkd_contrast_kd_tau,
             anchors=c.cirkd_anchors)
         return {"kd": c.kd_weight * kd_loss(s_logits, t_logits, temperature=c.kd_temperature),
-                "pair": c.cirkd_pair_weight * minibatch_pair_loss(fs, ft, tau=c.cirkd_pair_tau, pool=c.cirkd_pair_pool),
+                "pair": c.cirkd_pair_weight * minibatch_pair_loss(*self.coupled(fs, ft.detach()), tau=c.cirkd_pair_tau,
+                                                                  pool=c.cirkd_pair_pool),
                 "memory_pixel": c.cirkd_pixel_weight * pix,
                 "memory_region": c.cirkd_region_weight * reg}
 
