@@ -73,3 +73,8 @@ def test_types_are_checked_and_numpy_scalars_accepted():
     assert cfg.distill.beta == 0.5 and cfg.optim.iterations == 7 and isinstance(cfg.distill.alpha, float)
     with pytest.raises(ConfigError):
         OptimConfig(iterations=0)
+
+
+def test_retired_pair_pool_key_says_what_replaced_it():
+    with pytest.raises(ConfigError, match="skd_pair_pool.*cirkd_pair_pool"):
+        TrainConfig().replace(**{"distill.pair_pool": 2})

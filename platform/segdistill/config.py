@@ -413,6 +413,8 @@ class TrainConfig:
             if section not in _SECTIONS or not name:
                 raise ConfigError(f"unknown config key {key!r}; keys look like 'section.field' with section in {sorted(_SECTIONS)}")
             known = {f.name: f for f in fields(_SECTIONS[section])}
+            if key in RETIRED_KEYS:
+                raise ConfigError(f"config key {key!r} no longer exists: {RETIRED_KEYS[key]}")
             if name not in known:
                 raise ConfigError(f"unknown config key {key!r}; {section} fields are {sorted(known)}")
             updates.setdefault(section, {})[name] = _coerce(key, value, getattr(getattr(self, section), name))
@@ -435,6 +437,12 @@ _SECTIONS: dict[str, type] = {
     "run": RunConfig,
 }
 
+
+# keys of earlier versions, with what replaced them (a clear error instead of 'unknown key')
+RETIRED_KEYS: dict[str, str] = {
+    "distill.pair_pool": "it was split into distill.skd_pair_pool (default 2, SKD's reference) and "
+                         "distill.cirkd_pair_pool (default 1 = unpooled, CIRKD's reference); docs/METHODS.md",
+}
 
 # float fields that may also be None (None has a documented meaning; see the field's docstring)
 OPTIONAL_FLOAT_KEYS: frozenset[str] = frozenset({"distill.alpha"})
