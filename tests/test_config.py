@@ -39,6 +39,13 @@ def test_alpha_default_is_the_methods_reference_weight():
     assert cfg.replace(**{"distill.alpha": 3}).distill.effective_alpha == 3.0
     assert cfg.replace(**{"distill.alpha": 3}).replace(**{"distill.alpha": "none"}).distill.alpha is None
     assert TrainConfig().distill.effective_alpha == 0.0  # 'none': no distillation term
+    from segdistill.cli import parse_overrides  # the CLI's --set path
+
+    cli = TrainConfig().replace(**parse_overrides([f"{k}={v}" for k, v in flat.items()]))
+    assert cli.distill.effective_alpha == 1.0
+    assert cli.replace(**parse_overrides(["distill.alpha=2"])).distill.effective_alpha == 2.0
+    assert cli.replace(**parse_overrides(["distill.alpha=2"])).replace(
+        **parse_overrides(["distill.alpha=none"])).distill.effective_alpha == 1.0
     with pytest.raises(ConfigError, match="alpha"):
         TrainConfig().replace(**{"distill.alpha": -1.0})
 

@@ -48,8 +48,9 @@ import pyarrow.parquet as pq
 
 # Schema versions. 1: the first. 2: mIoU by the mmseg convention (IoU over classes with a non-empty
 # union; version 1 averaged over the classes present in the labels only), the reference's all-classes
-# average as ``final_miou_all_classes``, and ``miou_convention`` in ``trials`` naming which mIoU a row
-# holds. Version-1 files stay readable: :func:`_read_part` adds ``miou_convention`` = "labels-present"
+# average as ``final_miou_all_classes``, ``miou_convention`` in ``trials`` naming which mIoU a row
+# holds, and ``effective_alpha`` (the L_distill weight trained with; ``distill.alpha`` None = the
+# method's reference weight). Version-1 files stay readable: :func:`_read_part` adds ``miou_convention`` = "labels-present"
 # to their ``trials`` rows (their ``final_miou_all_classes`` reads NaN: not measured).
 SCHEMA_VERSION = 2
 MIN_SCHEMA_VERSION = 1  # oldest version the readers still read
@@ -66,7 +67,7 @@ OPTIONAL_TABLES = ("embeddings", "samples")
 KEY_COLUMNS = ("study", "trial_id")
 STATUSES = ("completed", "early_stopped", "failed", "pruned", "running")
 PER_CLASS_COLUMNS = ("class_id", "class_name", "iou", "acc", "pixels", "td", "ntd", "td_ntd")
-METRIC_FIELDS = ("best_miou", "final_miou", "final_miou_all_classes", "pixel_acc", "params", "flops", "wall_time_s", "images_per_s",
+METRIC_FIELDS = ("best_miou", "final_miou", "final_miou_all_classes", "effective_alpha", "pixel_acc", "params", "flops", "wall_time_s", "images_per_s",
                  "device", "iterations_done", "checkpoint_dir", "model_path")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+,@-]*$")
@@ -487,7 +488,7 @@ def record_from_fit(result: Any, *, study: str, trial_id: str, status: str | Non
     for name in ("checkpoint_dir", "model_path"):
         if metrics[name] is not None:
             metrics[name] = str(metrics[name])
-    for name in ("best_miou", "final_miou", "final_miou_all_classes", "pixel_acc"):  # -inf/None -> NaN ("not measured")
+    for name in ("best_miou", "final_miou", "final_miou_all_classes", "effective_alpha", "pixel_acc"):  # -inf/None -> NaN
         if metrics[name] is None:
             metrics[name] = math.nan
         if isinstance(metrics[name], float) and not math.isfinite(metrics[name]):

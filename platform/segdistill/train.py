@@ -79,6 +79,7 @@ class FitResult:
     embeddings: dict[str, np.ndarray] | None = None  # {"features": (N, D), "labels": (N,)} if run.embedding_pixels
     samples: list[dict[str, np.ndarray]] | None = None  # [{"image", "label", "prediction"}] if run.sample_images
     final_miou_all_classes: float = float("nan")  # the reference code's average over all classes
+    effective_alpha: float = float("nan")  # the L_distill weight trained with (distill.alpha or the reference's)
 
 
 class Callback(Protocol):
@@ -758,6 +759,7 @@ class Trainer:
             best_miou=self.best_miou,
             final_miou=last.get("val/miou", float("nan")),
             final_miou_all_classes=last.get("val/miou_all_classes", float("nan")),
+            effective_alpha=cfg.distill.effective_alpha,
             pixel_acc=last.get("val/pixel_acc", float("nan")),
             per_class=last.get("per_class", []),
             curves=self.curves,
