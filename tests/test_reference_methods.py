@@ -299,6 +299,14 @@ def test_reference_shapes_of_the_defaults():
     assert mgd.generator.align.out_channels == teacher.feature_channels["head"]
     for m in ("skd", "ifvd"):
         assert build_distiller(default_config(m), student=student, teacher=teacher).adversary.loss == "hinge"
+    # the paper pair (R18 student, R101 teacher): MGD's generator is the reference's 128 -> 256 one, 1.2M
+    # parameters (loss.py:84-85), not 76.6M on the backbone's 512 -> 2048
+    with torch.device("meta"):
+        s18, t101 = build_model("deeplabv3_r18", 19), build_model("deeplabv3_r101", 19)
+        paper_mgd = build_distiller(dataclasses.replace(default_config("mgd"), teacher_arch="deeplabv3_r101"),
+                                    student=s18, teacher=t101)
+    assert (paper_mgd.student_width, paper_mgd.teacher_width) == (128, 256)
+    assert paper_mgd.describe()["trainable_params"] == 128 * 256 + 256 + 2 * (256 * 256 * 9 + 256)  # 1,213,184
 
 
 @pytest.mark.parametrize("preset, dataset, entry", [
