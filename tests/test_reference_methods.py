@@ -121,6 +121,7 @@ def _run(cfg: DistillConfig, *, feats: str = "", terms: tuple[str, ...] | None =
          context=contextlib.nullcontext) -> dict[str, np.ndarray]:
     """effective_alpha * (sum of ``terms``, default all but adv_g) of the distiller at ``cfg``, and its
     gradients w.r.t. the student logits and (if ``feats``) the student feature."""
+    torch.manual_seed(0)  # CIRKD's negative sampling order (the loss does not depend on it beyond rounding)
     sl, tl = _leaf("s_logits"), _const("t_logits")
     labels = torch.tensor(inputs()["labels"])
     s_feat = t_feat = None
