@@ -2,8 +2,9 @@
 per-class IoU of baseline / CWD / HWD / teacher (paper Fig. 2) and, beyond the paper, HWD minus
 CWD per class against the class's pixel frequency.
 
-Classes that never occur in the validation labels (``pixels == 0`` / ``present`` False in every
-run: IoU undefined) are left out of every table and figure, as they are out of the mIoU.
+Classes whose IoU is undefined in every run (never labelled and never predicted: mmseg's empty
+union) are left out of every table and figure, as they are out of the mIoU; a class predicted but
+never labelled (IoU 0, counted in the mIoU since results schema 2) stays.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def class_runs(res: Results) -> pd.DataFrame:
 
 
 def occurring(df: pd.DataFrame) -> pd.DataFrame:
-    """Drop classes that never occur in the labels of any run (no pixels, IoU undefined)."""
+    """Drop classes whose IoU is undefined in every run (neither labelled nor predicted)."""
     if df.empty:
         return df
     occurs = pd.Series(False, index=df.index)
@@ -57,8 +58,8 @@ def occurring(df: pd.DataFrame) -> pd.DataFrame:
         occurs |= pd.to_numeric(df["pixels"], errors="coerce").fillna(0) > 0
     if "present" in df:
         occurs |= df["present"].fillna(False).astype(bool)
-    if "pixels" not in df and "present" not in df:
-        occurs |= df["iou"].notna()
+    if "iou" in df:  # mmseg: a class predicted but never labelled has IoU 0 and counts
+        occurs |= pd.to_numeric(df["iou"], errors="coerce").notna()
     keep = occurs.groupby(df["class_id"]).transform("any")
     return df[keep]
 

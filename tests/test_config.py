@@ -16,7 +16,38 @@ def test_flat_round_trip():
     assert flat["distill.beta"] == 0.3 and flat["model.arch"] == "pspnet_tiny_r18"
     assert TrainConfig.from_flat(flat) == cfg
     assert TrainConfig.from_json(cfg.to_json()) == cfg
-    assert all(isinstance(v, (int, float, str, bool)) for v in flat.values())
+    assert all(isinstance(v, (int, float, str, bool)) for k, v in flat.items() if k != "distill.alpha")
+    assert flat["distill.alpha"] is None  # None = the method's reference weight
+
+
+def test_alpha_default_is_the_methods_reference_weight():
+    """Unset alpha resolves to the reference weight (3 for CWD/HWD, 1 otherwise) in one place,
+    for the Python API, flat overrides (CLI --set, presets) and JSON alike; a set alpha wins."""
+    from segdistill.losses import METHODS, reference_alpha
+
+    extra = {"teacher_arch": "deeplabv3_tiny_r101", "teacher_checkpoint": "t.pt"}
+    for method in METHODS:
+        assert DistillConfig(method=method, **extra).effective_alpha == reference_alpha(method)
+    assert DistillConfig(method="skd", **extra).effective_alpha == 1.0
+    assert DistillConfig(method="hwd", **extra).effective_alpha == 3.0
+    assert DistillConfig(method="skd", alpha=2.5, **extra).effective_alpha == 2.5
+    assert DistillConfig(method="skd", alpha=0.0, **extra).effective_alpha == 0.0
+    flat = {"distill.method": "skd", "distill.teacher_arch": "deeplabv3_tiny_r101", "distill.teacher_checkpoint": "t.pt"}
+    cfg = TrainConfig().replace(**flat)
+    assert cfg.distill.alpha is None and cfg.distill.effective_alpha == 1.0
+    assert TrainConfig.from_json(cfg.to_json()).distill.effective_alpha == 1.0
+    assert cfg.replace(**{"distill.alpha": 3}).distill.effective_alpha == 3.0
+    assert cfg.replace(**{"distill.alpha": 3}).replace(**{"distill.alpha": "none"}).distill.alpha is None
+    assert TrainConfig().distill.effective_alpha == 0.0  # 'none': no distillation term
+    from segdistill.cli import parse_overrides  # the CLI's --set path
+
+    cli = TrainConfig().replace(**parse_overrides([f"{k}={v}" for k, v in flat.items()]))
+    assert cli.distill.effective_alpha == 1.0
+    assert cli.replace(**parse_overrides(["distill.alpha=2"])).distill.effective_alpha == 2.0
+    assert cli.replace(**parse_overrides(["distill.alpha=2"])).replace(
+        **parse_overrides(["distill.alpha=none"])).distill.effective_alpha == 1.0
+    with pytest.raises(ConfigError, match="alpha"):
+        TrainConfig().replace(**{"distill.alpha": -1.0})
 
 
 def test_frozen():
@@ -49,3 +80,8 @@ def test_types_are_checked_and_numpy_scalars_accepted():
     assert cfg.distill.beta == 0.5 and cfg.optim.iterations == 7 and isinstance(cfg.distill.alpha, float)
     with pytest.raises(ConfigError):
         OptimConfig(iterations=0)
+
+
+def test_retired_pair_pool_key_says_what_replaced_it():
+    with pytest.raises(ConfigError, match="skd_pair_pool.*cirkd_pair_pool"):
+        TrainConfig().replace(**{"distill.pair_pool": 2})

@@ -418,11 +418,11 @@ def test_results_of_other_schema_versions_are_read_or_refused_clearly(tmp_path):
     table = pq.read_table(part)
     cases = [
         ({}, r"now\.parquet: no segdistill\.schema_version metadata; not a segdistill results file \(or one written "
-             r"before results carried a schema version\); this segdistill reads results schema versions 1\.\.1"),
+             r"before results carried a schema version\); this segdistill reads results schema versions 1\.\.2"),
         ({b"segdistill.schema_version": b"0"}, r"now\.parquet: written with results schema version 0, older than 1: "
-                                               r"this segdistill reads results schema versions 1\.\.1; re-run"),
-        ({b"segdistill.schema_version": b"2"}, r"now\.parquet: written with results schema version 2, but this "
-                                               r"segdistill reads results schema versions 1\.\.1; upgrade segdistill"),
+                                               r"this segdistill reads results schema versions 1\.\.2; re-run"),
+        ({b"segdistill.schema_version": b"3"}, r"now\.parquet: written with results schema version 3, but this "
+                                               r"segdistill reads results schema versions 1\.\.2; upgrade segdistill"),
         ({b"segdistill.schema_version": b"v1"}, r"bad schema version b'v1'"),
     ]
     for meta, message in cases:
@@ -430,6 +430,10 @@ def test_results_of_other_schema_versions_are_read_or_refused_clearly(tmp_path):
         for on_error in ("warn", "raise"):  # never skipped silently, whatever on_error says
             with pytest.raises(SchemaVersionError, match=message):
                 read_trials(tmp_path, on_error=on_error)
+    # an older version still reads (version 1: its mIoU averaged labelled classes only, and says so)
+    v1 = table.drop([c for c in ("miou_convention", "final_miou_all_classes", "effective_alpha") if c in table.column_names])
+    pq.write_table(v1.replace_schema_metadata({**table.schema.metadata, b"segdistill.schema_version": b"1"}), part)
+    assert read_trials(tmp_path)["miou_convention"].tolist() == ["labels-present"]
 
 
 # =============================================================================================

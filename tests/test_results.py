@@ -91,6 +91,22 @@ def test_schema_version_in_metadata_and_newer_rejected(tmp_path):
         read_trials(tmp_path)
 
 
+def test_version_1_files_stay_readable_and_name_their_miou_convention(tmp_path):
+    """Schema 2 changed what mIoU means (mmseg convention); a version-1 trials file still reads, its
+    rows marked miou_convention='labels-present' (their all-classes mIoU: NaN, not measured)."""
+    rec = make_record(extras=False)
+    write_trial(tmp_path, rec)
+    path = tmp_path / "s1" / "trials" / "t1.parquet"
+    assert read_trials(tmp_path)["miou_convention"].tolist() == [rs.MIOU_CONVENTION]
+    table = pq.read_table(path)
+    table = table.drop([c for c in ("miou_convention", "final_miou_all_classes") if c in table.column_names])
+    old = {**table.schema.metadata, b"segdistill.schema_version": b"1"}
+    pq.write_table(table.replace_schema_metadata(old), path)
+    got = read_trials(tmp_path)
+    assert got["miou_convention"].tolist() == [rs.MIOU_CONVENTION_V1]
+    assert got["best_miou"].tolist() == read_trials(tmp_path)["best_miou"].tolist()
+
+
 def test_atomic_write_leaves_no_temp_file(tmp_path):
     write_trial(tmp_path, make_record())
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and (p.name.startswith(".") or p.suffix == ".tmp")]

@@ -75,6 +75,8 @@ def test_distillation_runs_and_reports_td_ntd(tmp_path, teacher_file, method):
     assert all("loss/distill" in r and math.isfinite(r["loss/distill"]) for r in rec.logs)
     present = [r for r in res.per_class if r["present"]]
     assert present and all(math.isfinite(r["td"]) and math.isfinite(r["ntd"]) for r in present)
+    assert res.effective_alpha == {"kd": 1.0, "cwd": 3.0, "hwd": 3.0}[method]  # alpha unset: the reference's
+    assert 0.0 <= res.final_miou_all_classes <= res.final_miou + 1e-12  # all-classes average: never higher
 
 
 def test_teacher_is_frozen_and_checked(tmp_path, teacher_file):

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from .config import ConfigError, TrainConfig
 
+PRESET_NAMES = ("smoke", "demo", "paper", "released")  # = segdistill.study.presets.PRESETS (not imported: no Ray here)
 TINY_TEACHER = "deeplabv3_tiny_r101"
 TINY_STUDENT = "deeplabv3_tiny_r18"
 
@@ -165,7 +166,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trainer.student.load_state_dict(model.state_dict())
     conf = trainer.evaluate()["conf"]
     print(f"{arch} on {cfg.data.name} val ({len(trainer.val_ds)} images, eval_align_corners="
-          f"{cfg.model.eval_align_corners}): mIoU {conf['miou']:.4f}  pixel acc {conf['pixel_acc']:.4f}  "
+          f"{cfg.model.eval_align_corners}): mIoU {conf['miou']:.4f}  (reference all-classes average "
+          f"{conf['miou_all_classes']:.4f})  pixel acc {conf['pixel_acc']:.4f}  "
           f"mean acc {conf['mean_acc']:.4f}  classes present {conf['classes_present']}")
     return 0
 
@@ -231,11 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="one training run from flat config overrides")
     t.add_argument("--config", help="JSON file with a flat config (TrainConfig.to_json())")
-    t.add_argument("--preset", choices=("smoke", "demo", "paper"), default=None,
+    t.add_argument("--preset", choices=PRESET_NAMES, default=None,
                    help="start from a study preset's base config (paper: the paper's recipe and the reference "
-                        "code's conventions; needs --data-root)")
-    t.add_argument("--data-root", default="", help="dataset directory (with --preset paper)")
-    t.add_argument("--dataset", default=None, help="dataset name for --preset (paper default: ade20k)")
+                        "code's conventions; released: the authors' released HWD command, mu 1 and no N_c "
+                        "correction, which produced the published numbers; both need --data-root)")
+    t.add_argument("--data-root", default="", help="dataset directory (with --preset paper/released)")
+    t.add_argument("--dataset", default=None,
+                   help="dataset name for --preset (paper default: ade20k; released default: cityscapes)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. distill.method=hwd optim.iterations=200")
     t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in run.out_dir")
     t.set_defaults(fn=cmd_train)
@@ -262,11 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="score a model file on a dataset's validation split")
     v.add_argument("model", help="model.pt / state.pt written by segdistill, or a reference-code checkpoint (.pth)")
     v.add_argument("--arch", default=None, help="architecture of a reference-code checkpoint, e.g. deeplabv3_r101")
-    v.add_argument("--preset", choices=("smoke", "demo", "paper"), default=None,
-                   help="data and evaluation settings of a study preset (paper: the reference code's conventions)")
+    v.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                   help="data and evaluation settings of a study preset (paper/released: the reference code's conventions)")
     v.add_argument("--config", help="JSON file with a flat config (TrainConfig.to_json())")
-    v.add_argument("--data-root", default="", help="dataset directory (with --preset paper)")
-    v.add_argument("--dataset", default=None, help="dataset name for --preset (paper default: ade20k)")
+    v.add_argument("--data-root", default="", help="dataset directory (with --preset paper/released)")
+    v.add_argument("--dataset", default=None,
+                   help="dataset name for --preset (paper default: ade20k; released default: cityscapes)")
     v.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. run.amp=false data.max_val_images=100")
     v.add_argument("--out-dir", default="runs/evaluate", help="run.out_dir (nothing is written there)")
     v.set_defaults(fn=cmd_evaluate)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 PIXEL_CORRECTIONS = ("n", "none")
+ADV_LOSSES = ("hinge", "wgan-gp")
+BATCH_COUPLINGS = ("worker", "global")
 WEIGHTINGS = ("smooth", "softmax")
 CE_IMPLS = ("literal", "blocked")
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -165,16 +167,22 @@ class DistillConfig:
 
     ``method``: 'none' (CE only: a baseline student or a teacher) or a ``METHODS`` name: 'kd',
     'cwd', 'hwd' and the comparison methods 'skd', 'ifvd', 'cirkd', 'mgd', 'dist'.
-    ``alpha`` weights the method loss in ``CE + alpha * L_distill`` (paper Eq. 8); the reference
-    recipes use 3 for CWD/HWD and 1 for the others (``segdistill.losses.reference_alpha``).
+    ``alpha`` weights the method loss in ``CE + alpha * L_distill`` (paper Eq. 8). ``None`` (the
+    default) means the method's reference weight, 3 for CWD/HWD and 1 for the others
+    (``segdistill.losses.reference_alpha``); :attr:`effective_alpha` is the one place that resolves it.
     HWD: ``tau`` (activation temperature), ``mu``/``sigma`` (Eq. 6), ``beta`` (Eq. 7),
     ``pixel_correction`` 'n' = paper's CD/(N_c+1), 'none' = released code's recipe,
     ``weighting`` 'smooth' = Eq. 7, 'softmax' = Fig. 6's alternative with temperature ``tau_prime``.
     ``teacher_checkpoint`` is required when method != 'none'; its architecture is ``teacher_arch``.
+    ``batch_coupling``: the images the batch-coupled terms (CIRKD's mini-batch pairs, DIST's
+    intra-class relation) relate under data parallelism: 'worker' (each worker's own images, as the
+    reference's 4 GPUs x 2 images) or 'global' (every worker's, gathered differentiably). With one
+    worker both are the whole batch.
+    Every default and the reference's value: docs/METHODS.md.
     """
 
     method: str = "none"
-    alpha: float = 3.0
+    alpha: float | None = None  # None = the method's reference weight (effective_alpha)
     tau: float = 4.0
     mu: float = 0.0
     sigma: float = 1.0
@@ -185,15 +193,18 @@ class DistillConfig:
     kd_temperature: float = 1.0
     teacher_arch: str = ""
     teacher_checkpoint: str = ""
-    # Comparison methods (losses/distillers.py; defaults = the reference recipe, docs/REFERENCE.md). Their
+    # Comparison methods (losses/distillers.py; defaults = the reference recipe, docs/METHODS.md). Their
     # reference ``alpha`` is 1 (``segdistill.losses.reference_alpha``): the terms carry their weights.
-    feature: str = ""  # feature tap of skd/ifvd/cirkd/mgd; '' = the method's reference tap
+    feature: str = ""  # feature tap of skd/ifvd/cirkd/mgd; '' = the method's reference tap ('head')
     kd_weight: float = 1.0  # pixel-KD term inside skd, ifvd, cirkd
-    pair_pool: int = 2  # max-pool window before skd/cirkd pair-wise similarities
+    skd_pair_pool: int = 2  # max-pool window before SKD's pair-wise similarities (reference 2x2)
+    cirkd_pair_pool: int = 1  # max-pool window before CIRKD's mini-batch pairs (reference: none = 1)
+    batch_coupling: str = "worker"  # cirkd pairs / dist intra over each worker's images ('worker', reference) or 'global'
     skd_pair_weight: float = 10.0
+    adv_loss: str = "hinge"  # skd/ifvd critic: 'hinge' (reference) or 'wgan-gp' (+ gradient penalty)
     adv_g_weight: float = 1e-3  # skd/ifvd: student's adversarial term
     adv_d_weight: float = 0.1  # skd/ifvd: critic loss weight
-    adv_gp_weight: float = 10.0  # skd/ifvd: WGAN-GP gradient penalty
+    adv_gp_weight: float = 10.0  # skd/ifvd: WGAN-GP gradient penalty (adv_loss='wgan-gp' only)
     adv_lr: float = 4e-4  # skd/ifvd: critic's Adam learning rate (poly-decayed with the student's)
     ifvd_weight: float = 20.0
     cirkd_pair_weight: float = 1.0
@@ -204,9 +215,9 @@ class DistillConfig:
     cirkd_contrast_kd_tau: float = 1.0
     cirkd_pixel_memory: int = 2000  # entries per class (reference 20000)
     cirkd_region_memory: int = 200  # entries per class (reference 2000)
-    cirkd_pixel_contrast: int = 256  # sampled per class per step, at most the memory (reference 4096)
-    cirkd_region_contrast: int = 64  # sampled per class per step, at most the memory (reference 1024)
-    cirkd_anchors: int = 1024  # anchor pixels per step, 0 = every valid pixel (reference)
+    cirkd_pixel_contrast: int = 0  # sampled per class per step (at most the memory); 0 = 4096 // C + 1 (reference)
+    cirkd_region_contrast: int = 0  # sampled per class per step (at most the memory); 0 = 1024 // C + 1 (reference)
+    cirkd_anchors: int = 0  # anchor pixels per step, 0 = every valid pixel (reference)
     cirkd_max_memory_mb: float = 1024.0  # refuse queues larger than this
     mgd_weight: float = 2e-5
     mgd_mask_ratio: float = 0.75
@@ -217,9 +228,11 @@ class DistillConfig:
         self._check_comparison_methods()
         known = known_methods()
         _check(self.method in known, f"distill.method must be one of {known}, got {self.method!r}")
-        for name in ("alpha", "tau", "mu", "sigma", "beta", "tau_prime", "kd_temperature"):
+        if self.alpha is not None:
+            _finite("distill.alpha", self.alpha)
+            _check(self.alpha >= 0, f"distill.alpha must be >= 0 (or None: the method's reference weight), got {self.alpha}")
+        for name in ("tau", "mu", "sigma", "beta", "tau_prime", "kd_temperature"):
             _finite(f"distill.{name}", getattr(self, name))
-        _check(self.alpha >= 0, f"distill.alpha must be >= 0, got {self.alpha}")
         _check(self.tau > 0, f"distill.tau must be > 0, got {self.tau}")
         _check(self.sigma > 0, f"distill.sigma must be > 0, got {self.sigma}")
         _check(0 < self.beta < 1, f"distill.beta must be in (0, 1), got {self.beta}")
@@ -235,6 +248,19 @@ class DistillConfig:
             models = known_models()
             _check(self.teacher_arch in models,
                    f"distill.teacher_arch: unknown model {self.teacher_arch!r}; known models: {list(models)}")
+
+    @property
+    def effective_alpha(self) -> float:
+        """The weight of ``L_distill`` this config trains with: ``alpha`` when set, else the method's
+        reference weight (``segdistill.losses.reference_alpha``; 0 for 'none'). The only place the
+        default is resolved (trainer, CLI, presets and Python API all read it from here)."""
+        if self.alpha is not None:
+            return float(self.alpha)
+        if self.method == "none":
+            return 0.0
+        from .losses.distillers import reference_alpha  # lazy: keeps config importable on its own
+
+        return reference_alpha(self.method)
 
     def _check_comparison_methods(self) -> None:
         """Ranges of the comparison methods' fields (skd, ifvd, cirkd, mgd, dist)."""
@@ -252,9 +278,15 @@ class DistillConfig:
             value = getattr(self, name)
             _finite(f"distill.{name}", value)
             _check(value > 0, f"distill.{name} must be > 0, got {value}")
-        _check(1 <= self.pair_pool <= 64, f"distill.pair_pool must be in [1, 64], got {self.pair_pool}")
-        for name in ("cirkd_pixel_memory", "cirkd_region_memory", "cirkd_pixel_contrast", "cirkd_region_contrast"):
+        for name in ("skd_pair_pool", "cirkd_pair_pool"):
+            _check(1 <= getattr(self, name) <= 64, f"distill.{name} must be in [1, 64], got {getattr(self, name)}")
+        _check(self.adv_loss in ADV_LOSSES, f"distill.adv_loss must be one of {ADV_LOSSES}, got {self.adv_loss!r}")
+        _check(self.batch_coupling in BATCH_COUPLINGS,
+               f"distill.batch_coupling must be one of {BATCH_COUPLINGS}, got {self.batch_coupling!r}")
+        for name in ("cirkd_pixel_memory", "cirkd_region_memory"):
             _check(getattr(self, name) >= 1, f"distill.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("cirkd_pixel_contrast", "cirkd_region_contrast"):
+            _check(getattr(self, name) >= 0, f"distill.{name} must be >= 0 (0 = the reference's size), got {getattr(self, name)}")
         _check(self.cirkd_anchors >= 0, f"distill.cirkd_anchors must be >= 0 (0 = all valid pixels), got {self.cirkd_anchors}")
         _finite("distill.mgd_mask_ratio", self.mgd_mask_ratio)
         _check(0 <= self.mgd_mask_ratio < 1, f"distill.mgd_mask_ratio must be in [0, 1), got {self.mgd_mask_ratio}")
@@ -264,7 +296,11 @@ class DistillConfig:
 class OptimConfig:
     """SGD with poly decay, iteration-based (supplement Sec. III: lr 0.01, momentum 0.9, wd 1e-4,
     batch 8, 40k iterations, power 0.9). ``batch_size`` is the global batch, split evenly over
-    data-parallel workers. ``aux_weight`` is the auxiliary FCN head's CE weight."""
+    data-parallel workers. ``aux_weight`` is the auxiliary FCN head's CE weight. ``sync_bn``: with
+    more than one data-parallel worker, the student's BatchNorm layers normalise with statistics over
+    every worker's images (SyncBatchNorm, as the reference's 4-GPU runs: train_*.py ``BatchNorm2d =
+    nn.SyncBatchNorm if args.distributed``); no effect on one worker. Off by default, on in the
+    paper/released presets."""
 
     lr: float = 0.01
     momentum: float = 0.9
@@ -273,6 +309,7 @@ class OptimConfig:
     iterations: int = 400
     batch_size: int = 8
     aux_weight: float = 0.4
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         for name in ("lr", "momentum", "weight_decay", "power", "aux_weight"):
@@ -376,6 +413,8 @@ class TrainConfig:
             if section not in _SECTIONS or not name:
                 raise ConfigError(f"unknown config key {key!r}; keys look like 'section.field' with section in {sorted(_SECTIONS)}")
             known = {f.name: f for f in fields(_SECTIONS[section])}
+            if key in RETIRED_KEYS:
+                raise ConfigError(f"config key {key!r} no longer exists: {RETIRED_KEYS[key]}")
             if name not in known:
                 raise ConfigError(f"unknown config key {key!r}; {section} fields are {sorted(known)}")
             updates.setdefault(section, {})[name] = _coerce(key, value, getattr(getattr(self, section), name))
@@ -399,10 +438,25 @@ _SECTIONS: dict[str, type] = {
 }
 
 
+# keys of earlier versions, with what replaced them (a clear error instead of 'unknown key')
+RETIRED_KEYS: dict[str, str] = {
+    "distill.pair_pool": "it was split into distill.skd_pair_pool (default 2, SKD's reference) and "
+                         "distill.cirkd_pair_pool (default 1 = unpooled, CIRKD's reference); docs/METHODS.md",
+}
+
+# float fields that may also be None (None has a documented meaning; see the field's docstring)
+OPTIONAL_FLOAT_KEYS: frozenset[str] = frozenset({"distill.alpha"})
+
+
 def _coerce(key: str, value: Any, current: Any) -> Any:
     """Accept ints for float fields and numpy scalars (Ray/Optuna hand those out); reject the rest."""
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
+    if key in OPTIONAL_FLOAT_KEYS:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "reference")) \
+                or (isinstance(value, float) and math.isnan(value)):  # NaN: a missing Parquet cell
+            return None
+        current = 0.0
     kind = type(current)
     if kind is bool:
         if not isinstance(value, bool):

@@ -1,8 +1,13 @@
 """Segmentation metrics: confusion-matrix mIoU, per-class IoU and accuracy, pixel accuracy, and the
 paper's TD/NTD statistics (Sec. III-C.1, Table I).
 
-Classes that never occur in the evaluation labels are excluded from the mean IoU and reported with
-``present=False`` (unlike the reference code, which averages COCO-Stuff over all 182 ids).
+mIoU follows the field's convention (mmseg's ``mean_iou``, torchmetrics' ``MulticlassJaccardIndex``
+without absent-class exclusion): IoU_c = TP / (TP + FP + FN) for every class whose union is non-empty,
+mean over those classes (a class predicted but absent from the labels scores 0; a class neither
+predicted nor labelled is NaN and left out). ``miou_all_classes`` is the reference code's average
+(``utils/score.py:56-57``: IoU over *all* C classes, an empty union counting 0), which its published
+numbers used; on COCO-Stuff it averages over 182 ids of which 171 occur. ``present`` (the class
+occurs in the labels) is reported per class; accuracy is defined only for present classes.
 Accumulators hold sums, so results over a sharded evaluation are exact after ``all_reduce`` of
 :meth:`state_tensors`.
 """
@@ -43,11 +48,14 @@ class ConfusionMatrix:
         pred = m.sum(0)
         union = gt + pred - tp
         present = gt > 0
-        iou = torch.where(present, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+        counted = union > 0  # mmseg: NaN (left out of the mean) only when nothing was labelled or predicted
+        iou = torch.where(counted, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
         acc = torch.where(present, tp / gt.clamp(min=1), torch.full_like(tp, float("nan")))
         total = m.sum()
         return {
-            "miou": float(iou[present].mean()) if present.any() else float("nan"),
+            "miou": float(iou[counted].mean()) if counted.any() else float("nan"),
+            # the reference code's (utils/score.py:56-57): all C classes, an empty union scores 0
+            "miou_all_classes": float((tp / union.clamp(min=1)).mean()) if total > 0 else float("nan"),
             "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
             "mean_acc": float(acc[present].mean()) if present.any() else float("nan"),
             "iou": iou.tolist(),
@@ -55,6 +63,7 @@ class ConfusionMatrix:
             "pixels": gt.long().tolist(),
             "present": present.tolist(),
             "classes_present": int(present.sum()),
+            "classes_evaluated": int(counted.sum()),
         }
 
 

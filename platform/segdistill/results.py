@@ -46,8 +46,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
-MIN_SCHEMA_VERSION = 1  # oldest version the readers still read (nothing older has a migration)
+# Schema versions. 1: the first. 2: mIoU by the mmseg convention (IoU over classes with a non-empty
+# union; version 1 averaged over the classes present in the labels only), the reference's all-classes
+# average as ``final_miou_all_classes``, ``miou_convention`` in ``trials`` naming which mIoU a row
+# holds, and ``effective_alpha`` (the L_distill weight trained with; ``distill.alpha`` None = the
+# method's reference weight). Version-1 files stay readable: :func:`_read_part` adds ``miou_convention`` = "labels-present"
+# to their ``trials`` rows (their ``final_miou_all_classes`` reads NaN: not measured).
+SCHEMA_VERSION = 2
+MIN_SCHEMA_VERSION = 1  # oldest version the readers still read
+MIOU_CONVENTION = "mmseg"  # what this version's best_miou / final_miou / per-class iou mean
+MIOU_CONVENTION_V1 = "labels-present"
 META_VERSION = b"segdistill.schema_version"
 META_STUDY = b"segdistill.study"
 META_TABLE = b"segdistill.table"
@@ -59,7 +67,7 @@ OPTIONAL_TABLES = ("embeddings", "samples")
 KEY_COLUMNS = ("study", "trial_id")
 STATUSES = ("completed", "early_stopped", "failed", "pruned", "running")
 PER_CLASS_COLUMNS = ("class_id", "class_name", "iou", "acc", "pixels", "td", "ntd", "td_ntd")
-METRIC_FIELDS = ("best_miou", "final_miou", "pixel_acc", "params", "flops", "wall_time_s", "images_per_s",
+METRIC_FIELDS = ("best_miou", "final_miou", "final_miou_all_classes", "effective_alpha", "pixel_acc", "params", "flops", "wall_time_s", "images_per_s",
                  "device", "iterations_done", "checkpoint_dir", "model_path")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+,@-]*$")
@@ -181,6 +189,7 @@ def trials_frame(record: TrialRecord) -> pd.DataFrame:
     row: dict[str, Any] = {"study": record.study, "trial_id": record.trial_id, "status": record.status}
     row.update({k: _scalar(v) for k, v in record.config.items()})
     row.update({k: _scalar(v) for k, v in record.metrics.items()})
+    row.setdefault("miou_convention", MIOU_CONVENTION)  # schema 2: which mIoU best_miou / final_miou hold
     return pd.DataFrame([row])
 
 
@@ -372,8 +381,11 @@ def _read_part(path: Path, on_error: str) -> pd.DataFrame | None:
             raise ResultsError(f"cannot read results file {path}: {exc}") from exc
         warnings.warn(f"skipping unreadable results file {path}: {exc}", CorruptResultWarning, stacklevel=3)
         return None
-    check_schema(tbl.schema.metadata, path)
-    return tbl.to_pandas()
+    version = check_schema(tbl.schema.metadata, path)
+    df = tbl.to_pandas()
+    if version < 2 and (tbl.schema.metadata or {}).get(META_TABLE) == b"trials" and "miou_convention" not in df:
+        df["miou_convention"] = MIOU_CONVENTION_V1  # migration: version 1's mIoU averaged labelled classes only
+    return df
 
 
 def read_table(root: str | os.PathLike, table: str, study: str | Sequence[str] | None = None, *,
@@ -476,7 +488,9 @@ def record_from_fit(result: Any, *, study: str, trial_id: str, status: str | Non
     for name in ("checkpoint_dir", "model_path"):
         if metrics[name] is not None:
             metrics[name] = str(metrics[name])
-    for name in ("best_miou", "final_miou", "pixel_acc"):  # -inf before any eval -> NaN ("not measured")
+    for name in ("best_miou", "final_miou", "final_miou_all_classes", "effective_alpha", "pixel_acc"):  # -inf/None -> NaN
+        if metrics[name] is None:
+            metrics[name] = math.nan
         if isinstance(metrics[name], float) and not math.isfinite(metrics[name]):
             metrics[name] = math.nan
     metrics["role"] = "student"

@@ -31,6 +31,7 @@ from .checkpoints import BACKBONE_PREPROCESSING, MODEL_FORMAT, check_preprocessi
 from .config import DataConfig, TrainConfig
 from .data import build_datasets, preprocessing_of
 from .losses import build_distiller
+from .parallel import convert_sync_batchnorm
 from .metrics import ConfusionMatrix, EvalAccumulators, TDNTDMeter, per_class_rows
 from .models import build_model, count_flops, count_params
 from .models.segmentor import SegOutput
@@ -62,7 +63,7 @@ class FitResult:
     config: TrainConfig
     iterations_done: int
     best_miou: float
-    final_miou: float
+    final_miou: float  # mmseg convention (metrics.ConfusionMatrix)
     pixel_acc: float
     per_class: list[dict[str, Any]]
     curves: list[dict[str, Any]]
@@ -77,6 +78,8 @@ class FitResult:
     evals: list[dict[str, float]] = field(default_factory=list)
     embeddings: dict[str, np.ndarray] | None = None  # {"features": (N, D), "labels": (N,)} if run.embedding_pixels
     samples: list[dict[str, np.ndarray]] | None = None  # [{"image", "label", "prediction"}] if run.sample_images
+    final_miou_all_classes: float = float("nan")  # the reference code's average over all classes
+    effective_alpha: float = float("nan")  # the L_distill weight trained with (distill.alpha or the reference's)
 
 
 class Callback(Protocol):
@@ -397,6 +400,8 @@ class Trainer:
         if cfg.model.pretrained:
             load_pretrained_backbone(self.student, cfg.data, cfg.model.pretrained)
         self.student.to(self.device, memory_format=self.memory_format)
+        if self.world > 1 and cfg.optim.sync_bn:  # BatchNorm statistics over every worker's images
+            self.student = convert_sync_batchnorm(self.student, self.device)
         self.teacher: nn.Module | None = None
         self.teacher_cache: TeacherLogitCache | None = None
         self.distiller = build_distiller(cfg.distill, ignore_index=self.ignore_index, student=self.student)
@@ -528,7 +533,7 @@ class Trainer:
         self.model.train()
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             terms = distillation_losses(self.model, self.teacher, self.distiller, images, labels,
-                                        alpha=self.cfg.distill.alpha, aux_weight=self.cfg.optim.aux_weight,
+                                        alpha=self.cfg.distill.effective_alpha, aux_weight=self.cfg.optim.aux_weight,
                                         ignore_index=self.ignore_index, ce=self.ce, teacher_output=teacher_output,
                                         ce_align_corners=self.cfg.model.ce_align_corners,
                                         aux_align_corners=self.cfg.model.aux_align_corners)
@@ -718,7 +723,8 @@ class Trainer:
         miou = conf["miou"]
         self.best_miou = max(self.best_miou, miou) if math.isfinite(miou) else self.best_miou
         metrics = {
-            "iteration": self.iteration, "val/miou": miou, "val/pixel_acc": conf["pixel_acc"],
+            "iteration": self.iteration, "val/miou": miou, "val/miou_all_classes": conf["miou_all_classes"],
+            "val/pixel_acc": conf["pixel_acc"],
             "val/mean_acc": conf["mean_acc"], "val/best_miou": self.best_miou,
             "val/classes_present": conf["classes_present"],
         }
@@ -752,6 +758,8 @@ class Trainer:
             iterations_done=self.iteration,
             best_miou=self.best_miou,
             final_miou=last.get("val/miou", float("nan")),
+            final_miou_all_classes=last.get("val/miou_all_classes", float("nan")),
+            effective_alpha=cfg.distill.effective_alpha,
             pixel_acc=last.get("val/pixel_acc", float("nan")),
             per_class=last.get("per_class", []),
             curves=self.curves,

@@ -2,17 +2,21 @@
 
 What it transfers: a holistic "realism" of the whole score map. A critic (discriminator) D learns
 to tell the teacher's logits (real) from the student's (fake); the student is trained to fool it.
-Loss form of the reference code (CIRKD codebase, ``adv_loss_type='wgan-gp'``):
+Two loss forms (``distill.adv_loss``), both from the reference code (``losses/loss.py``
+``CriterionAdvForG`` / ``CriterionAdv`` / ``CriterionAdditionalGP``):
 
-    student (generator) term:   L_G = -mean D(z_S)                       weight 1e-3 (lambda_adv)
-    critic term:                L_D = mean D(z_S) - mean D(z_T) + 10 * GP weight 0.1  (lambda_d)
+    student (generator) term, both forms:  L_G = -mean D(z_S)                        weight 1e-3 (lambda_adv)
+    'hinge' (default; what train_skd.py / train_ifvd.py run: ``CriterionAdv('hinge')``, no penalty):
+        critic term  L_D = mean relu(1 - D(z_T)) + mean relu(1 + D(z_S))          weight 0.1 (lambda_d)
+    'wgan-gp' (an option of the reference criteria, not used by its scripts):
+        critic term  L_D = mean D(z_S) - mean D(z_T) + 10 * GP                    weight 0.1
 
 with GP the WGAN-GP gradient penalty ``mean (||grad_x D(x)||_2 - 1)^2`` at random per-image
 interpolations x of the two (detached) logit maps. The critic has its own optimiser (Adam,
 lr 4e-4, betas (0.9, 0.99) as in the reference), steps once per training iteration after the
 student's step, and follows the student's poly decay through ``lr_scale``.
 
-Deviations from the reference critic (``utils/sagan.py``), all for maps as small as the tiny CPU
+Deviations from the reference critic (``models/sagan_models.py``), all for maps as small as the tiny CPU
 models' 8x8 logits: 3x3 (not 4x4) stride-2 convs, so any input size >= 1 keeps a non-empty
 output; no self-attention blocks; a final 1x1 conv averaged over positions instead of an
 unpadded 4x4 conv. Kept: BatchNorm on the input logits (``preprocess_GAN_mode=1``), spectral
@@ -38,6 +42,14 @@ def wgan_generator_loss(d_student: Tensor) -> Tensor:
 def wgan_critic_loss(d_student: Tensor, d_teacher: Tensor) -> Tensor:
     """``mean D(z_S) - mean D(z_T)``: the critic's Wasserstein term (teacher = real; scalar)."""
     return d_student.float().mean() - d_teacher.float().mean()
+
+
+def hinge_critic_loss(d_student: Tensor, d_teacher: Tensor) -> Tensor:
+    """``mean relu(1 - D(z_T)) + mean relu(1 + D(z_S))``: the reference's hinge critic loss (scalar)."""
+    return torch.relu(1.0 - d_teacher.float()).mean() + torch.relu(1.0 + d_student.float()).mean()
+
+
+ADV_LOSSES = ("hinge", "wgan-gp")
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, mix: Tensor | None = None) -> Tensor:
@@ -95,9 +107,13 @@ class AdversarialCritic(nn.Module):
       checkpoints hold it and a resumed run continues exactly.
     """
 
-    def __init__(self, num_classes: int, *, d_weight: float, gp_weight: float, lr: float, conv_dim: int = 64) -> None:
+    def __init__(self, num_classes: int, *, d_weight: float, gp_weight: float, lr: float, conv_dim: int = 64,
+                 loss: str = "hinge") -> None:
         super().__init__()
+        if loss not in ADV_LOSSES:
+            raise ValueError(f"adversarial loss must be one of {ADV_LOSSES}, got {loss!r}")
         self.discriminator = Discriminator(num_classes, conv_dim)
+        self.loss = loss
         self.d_weight, self.gp_weight, self.base_lr = d_weight, gp_weight, lr
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.9, 0.99))
         self._pending: tuple[Tensor, Tensor] | None = None
@@ -117,7 +133,7 @@ class AdversarialCritic(nn.Module):
 
     def step(self, lr_scale: float = 1.0) -> dict[str, Tensor]:
         """One critic update on the logits of the last :meth:`generator_loss` call; returns the
-        detached terms ``adv_d`` (weighted critic loss) and ``adv_gp`` (the raw penalty)."""
+        detached terms ``adv_d`` (weighted critic loss) and, for 'wgan-gp', ``adv_gp`` (the raw penalty)."""
         if self._pending is None:
             return {}
         s, t = (x.float() for x in self._pending)
@@ -125,12 +141,19 @@ class AdversarialCritic(nn.Module):
         for group in self.optimizer.param_groups:
             group["lr"] = self.base_lr * lr_scale
         with torch.enable_grad():
-            gp = gradient_penalty(self.discriminator, t, s) if self.gp_weight > 0 else s.new_zeros(())
-            loss = self.d_weight * (wgan_critic_loss(self.discriminator(s), self.discriminator(t)) + self.gp_weight * gp)
+            if self.loss == "hinge":
+                loss = self.d_weight * hinge_critic_loss(self.discriminator(s), self.discriminator(t))
+                gp = None
+            else:
+                gp = gradient_penalty(self.discriminator, t, s) if self.gp_weight > 0 else s.new_zeros(())
+                loss = self.d_weight * (wgan_critic_loss(self.discriminator(s), self.discriminator(t)) + self.gp_weight * gp)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         self.optimizer.step()
-        return {"adv_d": loss.detach(), "adv_gp": gp.detach()}
+        out = {"adv_d": loss.detach()}
+        if gp is not None:
+            out["adv_gp"] = gp.detach()
+        return out
 
     def get_extra_state(self) -> Any:
         return {"optimizer": self.optimizer.state_dict()}
@@ -139,4 +162,5 @@ class AdversarialCritic(nn.Module):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-__all__ = ["AdversarialCritic", "Discriminator", "gradient_penalty", "wgan_critic_loss", "wgan_generator_loss"]
+__all__ = ["ADV_LOSSES", "AdversarialCritic", "Discriminator", "gradient_penalty", "hinge_critic_loss", "wgan_critic_loss",
+           "wgan_generator_loss"]

@@ -5,7 +5,9 @@ What it transfers, besides pixel KD: *relations between pixels across images*.
   images (i, j) in the batch, each pooled pixel of image i gets a softmax distribution (temperature
   0.1) over its similarities to all pooled pixels of image j; the student's distributions are
   matched to the teacher's with KL ('batchmean' over the rows), averaged over the B^2 pairs.
-  Features are max-pooled 2x2 (ceil mode) and L2-normalised, as in the reference.
+  Features are L2-normalised and, as in the reference used by the HWD code (losses/loss.py:168-175,
+  pooling disabled), not pooled (``pool=1``, ``distill.cirkd_pair_pool``); ``pool > 1`` max-pools
+  first (ceil mode), which CIRKD's own code does only for maps of 256 x 256 and more.
 - Memory-bank pixel and region contrast (:func:`contrast_kd_loss` over :class:`MemoryBank`):
   per-class queues of teacher pixel embeddings and of teacher region (per image, per class mean)
   embeddings. Each anchor pixel's similarities (temperature 0.1) to a random subset of every
@@ -23,8 +25,8 @@ Deviations from the reference code (``losses/memory_loss.py``), on purpose:
   reference's 20000 + 2000 entries per class (150 classes x 256-d: ~3.4 GB) would be a bad
   default on a CPU. The queue width is the teacher feature's width read from the model (the
   reference hard-codes 128 -> 256, so it only runs R101 -> R18/MBV2).
-- Anchors: the reference uses every valid pixel; ``distill.cirkd_anchors`` > 0 caps them by a
-  random subset (0 = all, the reference behaviour).
+- Anchors: the reference uses every valid pixel (``distill.cirkd_anchors`` = 0, the default);
+  ``cirkd_anchors`` > 0 caps them by a random subset (an option for memory-bound runs).
 - The reference also enqueues before it computes the contrast (so the current batch is among the
   negatives); kept. Class 0 is enqueued like every other class; ignore pixels and ids >= C never.
 """
@@ -44,7 +46,7 @@ from .skd import match_size, pooled_unit_features
 PIXEL_UPDATE_FREQ = 16  # pixels per (image, class) enqueued each step (reference: 16)
 
 
-def minibatch_pair_loss(student_feat: Tensor, teacher_feat: Tensor, *, tau: float = 0.1, pool: int = 2) -> Tensor:
+def minibatch_pair_loss(student_feat: Tensor, teacher_feat: Tensor, *, tau: float = 0.1, pool: int = 1) -> Tensor:
     """CIRKD's mini-batch cross-image pixel-pair distillation (paper Eq. 2-3).
 
     ``1/B^2 sum_{i,j} 1/N sum_n KL(softmax_m(a^T_ij[n, m] / tau) || softmax_m(a^S_ij[n, m] / tau))``

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..config import ConfigError, DistillConfig
+from ..parallel import gather_batch, world_size
 from .adversarial import AdversarialCritic
 from .cirkd import MemoryBank, ProjectionHead, format_bytes, memory_bytes, memory_contrast_terms, minibatch_pair_loss
 from .cwd import cwd_loss, kd_loss
@@ -108,6 +109,15 @@ class Distiller(nn.Module):
     def terms(self, s_logits: Tensor, t_logits: Tensor, labels: Tensor, s_features: Mapping[str, Tensor] | None = None,
               t_features: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def coupled(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """The tensors a batch-coupled term (CIRKD's mini-batch pairs, DIST's intra-class relation)
+        sees: this worker's own images (``distill.batch_coupling = 'worker'``, the reference: each
+        GPU's 2 images) or every worker's, gathered differentiably (``'global'``; see
+        :mod:`segdistill.parallel`). One process: the whole batch either way."""
+        if self.cfg.batch_coupling == "global" and world_size() > 1:
+            return tuple(gather_batch(t) for t in tensors)
+        return tensors
 
     def forward(self, s_logits: Tensor, t_logits: Tensor, labels: Tensor, s_features: Mapping[str, Tensor] | None = None,
                 t_features: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -188,13 +198,16 @@ class HWDDistiller(Distiller):
 class DISTDistiller(Distiller):
     """DIST (Huang et al., 2022), segmentation form: ``1 - Pearson`` of raw logits between student
     and teacher, inter-class (per pixel, over classes; ``distill.dist_inter_weight``, reference 1)
-    and intra-class (per class, over the batch's pixels; ``distill.dist_intra_weight``, reference
+    and intra-class (per class, over the batch's pixels - the worker's or, with
+    ``distill.batch_coupling = 'global'``, every worker's; ``distill.dist_intra_weight``, reference
     1). No softmax or temperature (docs/REFERENCE.md). Reference ``distill.alpha = 1``."""
 
     zero_at_equality = ("inter", "intra")
 
     def terms(self, s_logits, t_logits, labels, s_features=None, t_features=None):  # type: ignore[override]
         inter, intra = dist_terms(s_logits, t_logits)
+        if self.cfg.batch_coupling == "global" and world_size() > 1:
+            intra = dist_terms(*self.coupled(s_logits, t_logits.detach()))[1]
         return {"inter": self.cfg.dist_inter_weight * inter, "intra": self.cfg.dist_intra_weight * intra}
 
 
@@ -207,7 +220,8 @@ class _AdversarialMixin:
 
     def _make_adversary(self, num_classes: int) -> None:
         c = self.cfg
-        self.adversary = AdversarialCritic(num_classes, d_weight=c.adv_d_weight, gp_weight=c.adv_gp_weight, lr=c.adv_lr)
+        self.adversary = AdversarialCritic(num_classes, d_weight=c.adv_d_weight, gp_weight=c.adv_gp_weight, lr=c.adv_lr,
+                                           loss=c.adv_loss)
 
     def _adversarial_term(self, s_logits: Tensor, t_logits: Tensor) -> Tensor:
         return self.cfg.adv_g_weight * self.adversary.generator_loss(s_logits, t_logits)
@@ -219,12 +233,13 @@ class _AdversarialMixin:
 @register_method("skd")
 class SKDDistiller(_AdversarialMixin, Distiller):
     """Structured KD (Liu et al., TPAMI 2020). Transfers the per-pixel class distribution (pixel KD,
-    ``distill.kd_weight``, reference 1), the pair-wise cosine similarity of 2x2-max-pooled features
-    (``distill.skd_pair_weight``, reference 10; tap ``"head"`` = the reference's feature after the
-    ASPP/PSP block) and the holistic look of the score map through a spectral-norm WGAN-GP critic
-    on the logits (student term ``distill.adv_g_weight`` 1e-3; critic ``distill.adv_d_weight`` 0.1,
-    gradient penalty ``distill.adv_gp_weight`` 10, Adam lr ``distill.adv_lr`` 4e-4, its own
-    optimiser). Reference ``distill.alpha = 1``. Critic deviations: see :mod:`.adversarial`."""
+    ``distill.kd_weight``, reference 1), the pair-wise cosine similarity of max-pooled features
+    (window ``distill.skd_pair_pool`` 2, weight ``distill.skd_pair_weight`` 10; tap ``"head"`` = the
+    reference's feature after the ASPP/PSP block) and the holistic look of the score map through a
+    spectral-norm critic on the logits (``distill.adv_loss`` 'hinge' as the reference scripts, or
+    'wgan-gp' with gradient penalty ``distill.adv_gp_weight`` 10; student term ``distill.adv_g_weight``
+    1e-3; critic ``distill.adv_d_weight`` 0.1, Adam lr ``distill.adv_lr`` 4e-4, its own optimiser).
+    Reference ``distill.alpha = 1``. Critic deviations: see :mod:`.adversarial`."""
 
     feature_tap = "head"
     zero_at_equality = ("kd", "pair")
@@ -237,7 +252,7 @@ class SKDDistiller(_AdversarialMixin, Distiller):
         c = self.cfg
         fs, ft = self.tapped(s_features, t_features)
         return {"kd": c.kd_weight * kd_loss(s_logits, t_logits, temperature=c.kd_temperature),
-                "pair": c.skd_pair_weight * pairwise_similarity_loss(fs, ft, pool=c.pair_pool),
+                "pair": c.skd_pair_weight * pairwise_similarity_loss(fs, ft, pool=c.skd_pair_pool),
                 "adv_g": self._adversarial_term(s_logits, t_logits)}
 
 
@@ -268,13 +283,14 @@ class IFVDDistiller(_AdversarialMixin, Distiller):
 class CIRKDDistiller(Distiller):
     """Cross-image relational KD (Yang et al., CVPR 2022). Transfers pixel KD (``distill.kd_weight``,
     1), mini-batch cross-image pixel-pair relations (``distill.cirkd_pair_weight`` 1, temperature
-    ``cirkd_pair_tau`` 0.1), and memory-bank pixel / region contrast (``cirkd_pixel_weight`` 0.1,
-    ``cirkd_region_weight`` 0.1, temperatures ``cirkd_contrast_tau`` 0.1 / ``cirkd_contrast_kd_tau``
-    1) through a projection head (student width -> teacher width, read from the models) and
-    per-class queues sized by ``cirkd_pixel_memory`` / ``cirkd_region_memory``, refused above
-    ``cirkd_max_memory_mb``. Tap ``"head"``. Reference ``distill.alpha = 1``.
-    Deviations (pixel sampling from the class mask, not raw positions; memory sizing; anchor cap):
-    see :mod:`.cirkd`."""
+    ``cirkd_pair_tau`` 0.1, unpooled: ``cirkd_pair_pool`` 1), and memory-bank pixel / region contrast
+    (``cirkd_pixel_weight`` 0.1, ``cirkd_region_weight`` 0.1, temperatures ``cirkd_contrast_tau`` 0.1 /
+    ``cirkd_contrast_kd_tau`` 1; ``cirkd_pixel_contrast`` / ``cirkd_region_contrast`` negatives per class,
+    0 = the reference's ``4096 // C + 1`` / ``1024 // C + 1``) through a projection head (student width
+    -> teacher width, read from the models) and per-class queues sized by ``cirkd_pixel_memory`` /
+    ``cirkd_region_memory``, refused above ``cirkd_max_memory_mb``. Tap ``"head"``. Reference
+    ``distill.alpha = 1``. Deviations (pixel sampling from the class mask, not raw positions; memory
+    sizing): see :mod:`.cirkd`."""
 
     feature_tap = "head"
     zero_at_equality = ("kd", "pair")
@@ -289,6 +305,10 @@ class CIRKDDistiller(Distiller):
                 f"{cfg.cirkd_region_memory} per class need {format_bytes(need)} of queues ({self.num_classes} classes x "
                 f"{self.teacher_width}-d), above distill.cirkd_max_memory_mb={cfg.cirkd_max_memory_mb:g}; "
                 f"shrink the memories or raise the cap")
+        # negatives sampled per class per step: the reference passes 4096 // C + 1 and 1024 // C + 1
+        # (train_cirkd.py:170-171); a positive config value overrides
+        self.pixel_contrast = cfg.cirkd_pixel_contrast or reference_contrast_size(4096, self.num_classes)
+        self.region_contrast = cfg.cirkd_region_contrast or reference_contrast_size(1024, self.num_classes)
         self.projector = ProjectionHead(self.student_width, self.teacher_width)
         self.memory = MemoryBank(self.num_classes, self.teacher_width, cfg.cirkd_pixel_memory, cfg.cirkd_region_memory,
                                  ignore_index=self.ignore_index)
@@ -299,11 +319,12 @@ class CIRKDDistiller(Distiller):
         c = self.cfg
         fs, ft = self.tapped(s_features, t_features)
         pix, reg = memory_contrast_terms(
-            self.projector(fs), ft, labels, self.memory, pixel_contrast=c.cirkd_pixel_contrast,
-            region_contrast=c.cirkd_region_contrast, tau=c.cirkd_contrast_tau, kd_tau=c.cirkd_contrast_kd_tau,
+            self.projector(fs), ft, labels, self.memory, pixel_contrast=self.pixel_contrast,
+            region_contrast=self.region_contrast, tau=c.cirkd_contrast_tau, kd_tau=c.cirkd_contrast_kd_tau,
             anchors=c.cirkd_anchors)
         return {"kd": c.kd_weight * kd_loss(s_logits, t_logits, temperature=c.kd_temperature),
-                "pair": c.cirkd_pair_weight * minibatch_pair_loss(fs, ft, tau=c.cirkd_pair_tau, pool=c.pair_pool),
+                "pair": c.cirkd_pair_weight * minibatch_pair_loss(*self.coupled(fs, ft.detach()), tau=c.cirkd_pair_tau,
+                                                                  pool=c.cirkd_pair_pool),
                 "memory_pixel": c.cirkd_pixel_weight * pix,
                 "memory_region": c.cirkd_region_weight * reg}
 
@@ -314,12 +335,13 @@ class CIRKDDistiller(Distiller):
 @register_method("mgd")
 class MGDDistiller(Distiller):
     """Masked generative distillation (Yang et al., ECCV 2022). Transfers the teacher's feature map
-    (tap ``"backbone"``, the last backbone stage) by generating it from the student's randomly
-    masked feature (``distill.mgd_mask_ratio`` 0.75) with an align conv + generator owned here;
-    weight ``distill.mgd_weight`` 2e-5 on the summed squared error / B. Reference
+    (tap ``"head"``: the head feature after ASPP/PSP, the reference's ``s_outputs[-1]``,
+    train_mgd.py:206; 128 -> 256 channels for R18 -> R101) by generating it from the student's
+    randomly masked feature (``distill.mgd_mask_ratio`` 0.75) with an align conv + generator owned
+    here; weight ``distill.mgd_weight`` 2e-5 on the summed squared error / B. Reference
     ``distill.alpha = 1``."""
 
-    feature_tap = "backbone"
+    feature_tap = "head"
 
     def __init__(self, cfg: DistillConfig, **kw) -> None:
         super().__init__(cfg, **kw)
@@ -371,6 +393,11 @@ def build_distiller(cfg: DistillConfig, *, ignore_index: int = 255, student: nn.
     return distiller
 
 
+def reference_contrast_size(total: int, num_classes: int) -> int:
+    """CIRKD's negatives per class: ``total // C + 1`` (train_cirkd.py:170-171 passes 4096 and 1024)."""
+    return total // max(num_classes, 1) + 1
+
+
 def reference_alpha(method: str) -> float:
     """The ``distill.alpha`` of the reference recipe for ``method`` (3 for CWD/HWD, else 1)."""
     if method not in METHODS:
@@ -378,4 +405,4 @@ def reference_alpha(method: str) -> float:
     return METHODS[method].reference_alpha
 
 
-__all__ = ["METHODS", "Distiller", "build_distiller", "reference_alpha", "register_method"]
+__all__ = ["METHODS", "Distiller", "build_distiller", "reference_alpha", "reference_contrast_size", "register_method"]

@@ -5,7 +5,8 @@ feature (aligned to the teacher's width by a 1x1 conv when the widths differ) is
 positions (mask ratio lambda = 0.75: each position is zeroed with probability 0.75), a small
 generator (3x3 conv, ReLU, 3x3 conv) must reconstruct the full teacher feature from it, and the
 loss is the squared error summed over all elements, divided by the batch size. Reference weight
-alpha_mgd = 2e-5, on the last backbone stage (the ``"backbone"`` feature tap).
+alpha_mgd = 2e-5, on the head feature after ASPP/PSP (the ``"head"`` feature tap: the reference's
+``s_outputs[-1]``, train_mgd.py:206, 128 -> 256 channels for R18 -> R101).
 
 The pure loss here takes the already generated map; :class:`MGDGenerator` is the trainable part
 (owned by the distiller, optimised with the student). The random mask is drawn from the global

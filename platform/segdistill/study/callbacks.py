@@ -110,6 +110,8 @@ def record_from_state(ctx: TrialContext, config: Mapping[str, Any], trial_id: st
         model_path=None,
         stopped_early=status == "early_stopped",
         evals=list(state.get("evals", [])),
+        final_miou_all_classes=float(last.get("val/miou_all_classes", math.nan)),
+        effective_alpha=cfg.distill.effective_alpha,
     )
     if "node_id" in last_result:
         tags["node_id"] = last_result["node_id"]
