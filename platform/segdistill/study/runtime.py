@@ -115,10 +115,13 @@ def state_api_available(timeout_s: float = 8.0) -> bool:
     """
     from ray.util.state import list_nodes
 
+    # this driver's own cluster: without an address the state API picks "the latest" Ray on the
+    # machine, which may be someone else's
+    own = getattr(ray.get_runtime_context(), "gcs_address", None) if ray.is_initialized() else None
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            list_nodes(limit=1, timeout=5, raise_on_missing_output=False)
+            list_nodes(address=own, limit=1, timeout=5, raise_on_missing_output=False)
             return True
         except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
             if time.monotonic() >= deadline:
