@@ -3,7 +3,7 @@
 Every script takes ``--preset {smoke,demo,paper} --results DIR --data-root DIR --address HOST:PORT
 --resume --seeds N`` (plus ``--overwrite``, ``--zoo``, ``--shape``, ``--workers``, ``--gpus``,
 ``--cpus``, ``--iterations``, ``--dataset``, ``--pretrained``, ``--teacher-checkpoint``, ``--teacher-arch``,
-``--mlflow URI``, ``--progress``, ``--verbose``, ``--quiet``), shows the study's live view while it
+``--mlflow URI``, ``--progress``, ``--verbose``, ``--quiet``, ``--debug``), shows the study's live view while it
 runs and ends by printing a summary table, where the results went and the analysis command that
 turns them into figures.
 """
