@@ -72,7 +72,7 @@ BAD_CONFIGS = [
     ({"model.arch": "deeplabv3_r50"}, r"model\.arch: unknown model 'deeplabv3_r50'; known models: \[.*'deeplabv3_r18'"),
     ({"distill.teacher_arch": "r101"}, r"distill\.teacher_arch: unknown model 'r101'; known models: \[.*'deeplabv3_r101'"),
     ({"data.name": "cityscape"}, r"data\.name: unknown dataset 'cityscape'; known datasets: \[.*'cityscapes'.*'synthetic'\]"),
-    ({"distill.bta": 0.1}, r"unknown config key 'distill\.bta'; distill fields are \[.*'beta'"),
+    ({"distill.bta": 0.1}, r"unknown config key 'distill\.bta' \(did you mean 'distill\.beta'\?\); distill fields are \[.*'beta'"),
 ]
 
 
