@@ -10,7 +10,10 @@ it), the first SIGINT or SIGTERM
   ``interrupted`` and raises :class:`StudyInterrupted`;
 - anywhere else (preflight, starting Ray, between phases), raises :class:`StudyInterrupted` at once;
 - starts a watchdog: if the process has not left :func:`interruptible` (trials stopped, Ray shut
-  down) within the bound, it exits with ``128 + signal``.
+  down) when the bound is nearly spent (``max(0.75 * bound, bound - 10 s)``), or as soon as the
+  local Ray this driver started is gone (a SIGTERM to the whole process group ends Ray's own
+  processes, and Tune's cleanup would then wait on the dead GCS), it records the unfinished trials
+  from their checkpoints on disk (:func:`on_abandon`) and exits with ``128 + signal``.
 
 A second signal exits at once (``128 + signal``). Tune's own SIGINT handler (which prints its
 ``Tuner.restore(...)`` advice) is disabled; the script prints its own ``--resume`` command.
@@ -22,11 +25,12 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +56,40 @@ class _State:
     at: float = 0.0
     in_tune: bool = False
     active: bool = False
+    gcs: str = ""  # host:port of the local Ray this driver started ('' if it joined a cluster)
 
 
 _STATE = _State()
+_ABANDON_HOOKS: list[Callable[[], None]] = []
+
+
+def set_own_gcs(address: str) -> None:
+    """The GCS of the local Ray this driver started: if it dies during the stop (a SIGTERM to the
+    whole process group ends Ray's own processes too), waiting for Tune's cleanup is pointless."""
+    _STATE.gcs = address or ""
+
+
+@contextlib.contextmanager
+def on_abandon(hook: Callable[[], None]) -> Iterator[None]:
+    """Run ``hook`` (record the unfinished trials from disk) if the stop has to be abandoned: Ray
+    died under the driver, or the bound is nearly spent."""
+    _ABANDON_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            _ABANDON_HOOKS.remove(hook)
+
+
+def _gcs_gone() -> bool:
+    if not _STATE.gcs:
+        return False
+    host, _, port = _STATE.gcs.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return False
+    except (OSError, ValueError):
+        return True
 
 
 def interrupted() -> str | None:
@@ -103,11 +138,28 @@ def interruptible() -> Iterator[None]:
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def watchdog(signum: int) -> None:
-        if not done.wait(bound):
-            print(f"segdistill: the study did not stop within {bound:g} s of {signal.Signals(signum).name}; "
-                  "exiting now (unfinished trials resume from their last checkpoints with --resume)",
-                  file=sys.stderr, flush=True)
-            os._exit(128 + signum)
+        start = time.monotonic()
+        give_up = start + max(bound * 0.75, bound - 10.0)  # leaves time to record the trials
+        gone = 0
+        while not done.wait(1.0):
+            gone = gone + 1 if _gcs_gone() else 0
+            if gone >= 2 or time.monotonic() >= give_up:
+                break
+        else:
+            return
+        why = "its local Ray is gone" if gone >= 2 else f"it did not stop within {give_up - start:.0f} s"
+        print(f"segdistill: {why} after {signal.Signals(signum).name}; recording the unfinished trials and "
+              "exiting (they resume from their last checkpoints with --resume)", file=sys.stderr, flush=True)
+        for hook in list(_ABANDON_HOOKS):
+            try:
+                hook()
+            except Exception as exc:  # noqa: BLE001
+                print(f"segdistill: could not record the unfinished trials: {exc}", file=sys.stderr, flush=True)
+        if done.is_set():
+            return
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(128 + signum)
 
     def handler(signum: int, frame: object) -> None:
         name = signal.Signals(signum).name

@@ -14,6 +14,7 @@ storage every node sees, e.g. NFS, because trials write there directly)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -344,7 +345,8 @@ def _interruptible_fit(tuner: Any, ctx: TrialContext, verbose: int) -> Any:
     """``tuner.fit()``; after SIGINT/SIGTERM (:mod:`segdistill.study.interrupt`) every trial without a
     record is recorded ``interrupted`` and :class:`~segdistill.study.interrupt.StudyInterrupted` raised."""
     grid = None
-    with _tune_output(verbose), interrupt.tune_loop():
+    record_now = functools.partial(_record_started, ctx)
+    with _tune_output(verbose), interrupt.tune_loop(), interrupt.on_abandon(record_now):
         try:
             grid = tuner.fit()
         except Exception:
@@ -358,6 +360,11 @@ def _interruptible_fit(tuner: Any, ctx: TrialContext, verbose: int) -> Any:
             log.exception("could not record the interrupted trials of %s", ctx.study)
         interrupt.raise_if_interrupted()
     return grid
+
+
+def _record_started(ctx: TrialContext) -> None:
+    """Record the trials this driver saw start (and that have no record) from their checkpoints on disk."""
+    reconcile(ctx, started_results(ctx))
 
 
 @contextlib.contextmanager

@@ -182,12 +182,19 @@ def ray_session(address: str | None = None, *, dashboard: bool = True, num_cpus:
         # Local Ray started here without the dashboard has no state API: no need to wait for it.
         ok = state_api_available() if probe_state_api and (dashboard or not started or address) else False
         ctx = ray.get_runtime_context()
+        if started and not address and not os.environ.get("RAY_ADDRESS"):
+            from .interrupt import set_own_gcs
+
+            set_own_gcs(getattr(ctx, "gcs_address", "") or "")
         info = RayInfo(address=getattr(ctx, "gcs_address", "") or "", started_here=started, state_api=ok,
                        resources={k: float(v) for k, v in ray.cluster_resources().items()},
                        nodes=sum(1 for n in ray.nodes() if n.get("Alive")))
         yield info
     finally:
         if started:
+            from .interrupt import set_own_gcs
+
+            set_own_gcs("")
             with contextlib.suppress(Exception):
                 ray.shutdown()
 
