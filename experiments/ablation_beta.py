@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from segdistill.study.cli_args import CWD_REF_KEY, ablation_spec, parser, preset_from_args, report, run  # noqa: E402
+from segdistill.study.cli_args import script_main  # noqa: E402
 from segdistill.study.presets import pick  # noqa: E402
 
 BETAS = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9)
@@ -40,4 +41,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(script_main(main))

@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 from segdistill.results import read_trials  # noqa: E402
 from segdistill.study import StudySpec  # noqa: E402
 from segdistill.study.cli_args import parser, preset_from_args, run, study_name  # noqa: E402
+from segdistill.study.cli_args import script_main  # noqa: E402
 from segdistill.study.presets import PAPER_MU, Preset  # noqa: E402
 from segdistill.summary import difference_se, welch_t_test  # noqa: E402
 
@@ -183,4 +184,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(script_main(main))

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 from segdistill.config import known_methods  # noqa: E402
 from segdistill.study import StudySpec  # noqa: E402
 from segdistill.study.cli_args import parser, preset_from_args, report, run, study_name  # noqa: E402
+from segdistill.study.cli_args import script_main  # noqa: E402
 from segdistill.study.presets import PAPER_MU, compare_methods_preset, method_overrides, pick  # noqa: E402
 
 
@@ -55,4 +56,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(script_main(main))

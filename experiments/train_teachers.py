@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from segdistill.study import StudySpec, TeacherRecipe  # noqa: E402
 from segdistill.study.cli_args import parser, preset_from_args, report, study_name, view_args  # noqa: E402
+from segdistill.study.cli_args import script_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,4 +49,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(script_main(main))

@@ -72,7 +72,7 @@ BAD_CONFIGS = [
     ({"model.arch": "deeplabv3_r50"}, r"model\.arch: unknown model 'deeplabv3_r50'; known models: \[.*'deeplabv3_r18'"),
     ({"distill.teacher_arch": "r101"}, r"distill\.teacher_arch: unknown model 'r101'; known models: \[.*'deeplabv3_r101'"),
     ({"data.name": "cityscape"}, r"data\.name: unknown dataset 'cityscape'; known datasets: \[.*'cityscapes'.*'synthetic'\]"),
-    ({"distill.bta": 0.1}, r"unknown config key 'distill\.bta'; distill fields are \[.*'beta'"),
+    ({"distill.bta": 0.1}, r"unknown config key 'distill\.bta' \(did you mean 'distill\.beta'\?\); distill fields are \[.*'beta'"),
 ]
 
 
@@ -635,9 +635,10 @@ def test_driver_killed_mid_study_resume_finishes_exactly_once(tmp_path):
         from ray.util.state import list_actors, list_placement_groups
 
         ray.init(address=address, logging_level="ERROR")
-        try:
-            alive = list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
-            pgs = [p for p in list_placement_groups(raise_on_missing_output=False) if p.state != "REMOVED"]
+        try:  # this cluster's state API (without an address Ray picks the latest Ray on the machine)
+            alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+            pgs = [p for p in list_placement_groups(address=address, raise_on_missing_output=False)
+                   if p.state != "REMOVED"]
         finally:
             ray.shutdown()
         assert not alive, [(a.class_name, a.state) for a in alive]

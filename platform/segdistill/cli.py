@@ -227,9 +227,17 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse with one-line errors naming the flag and value (the usage only with --help)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="segdistill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _OneLineErrors(prog="segdistill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors (default: one line)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors)
 
     t = sub.add_parser("train", help="one training run from flat config overrides")
     t.add_argument("--config", help="JSON file with a flat config (TrainConfig.to_json())")
@@ -297,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     b.add_argument("--port", type=int, default=8080)
     b.set_defaults(fn=cmd_dashboard)
+    for command in sub.choices.values():  # --debug before or after the command
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -307,11 +317,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except ConfigError as exc:
+        if args.debug:
+            raise
         print(f"segdistill: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (WeightsError, FileNotFoundError) as exc:
+    except json.JSONDecodeError as exc:  # --config FILE that is not JSON
+        if args.debug:
+            raise
+        print(f"segdistill: --config {getattr(args, 'config', '')!r} is not a JSON config file: {exc}", file=sys.stderr)
+        return 2
+    except (WeightsError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        if args.debug:
+            raise
         print(f"segdistill: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("segdistill: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

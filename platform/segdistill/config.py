@@ -411,12 +411,13 @@ class TrainConfig:
         for key, value in flat.items():
             section, _, name = key.partition(".")
             if section not in _SECTIONS or not name:
-                raise ConfigError(f"unknown config key {key!r}; keys look like 'section.field' with section in {sorted(_SECTIONS)}")
+                raise ConfigError(f"unknown config key {key!r}{_nearest_key(key)}; keys look like 'section.field' with "
+                                  f"section in {sorted(_SECTIONS)}")
             known = {f.name: f for f in fields(_SECTIONS[section])}
             if key in RETIRED_KEYS:
                 raise ConfigError(f"config key {key!r} no longer exists: {RETIRED_KEYS[key]}")
             if name not in known:
-                raise ConfigError(f"unknown config key {key!r}; {section} fields are {sorted(known)}")
+                raise ConfigError(f"unknown config key {key!r}{_nearest_key(key)}; {section} fields are {sorted(known)}")
             updates.setdefault(section, {})[name] = _coerce(key, value, getattr(getattr(self, section), name))
         sections = {s: dataclasses.replace(getattr(self, s), **u) for s, u in updates.items()}
         return dataclasses.replace(self, **sections)
@@ -471,3 +472,12 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
     if kind is str and isinstance(value, str):
         return value
     raise ConfigError(f"{key} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _nearest_key(key: str) -> str:
+    """``"; did you mean 'distill.beta'?"`` for a mistyped flat key (difflib), else ''."""
+    import difflib
+
+    keys = [f"{sec}.{f.name}" for sec, cls in _SECTIONS.items() for f in fields(cls)]
+    near = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""

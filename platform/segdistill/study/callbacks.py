@@ -21,6 +21,7 @@ from ray.tune import Callback
 
 from ..results import part_path, record_from_fit, write_trial
 from .cohort_trial import MEMBERS_KEY, member_configs, member_id
+from .interrupt import interrupted
 from .runtime import release_placement_group
 from .trial import CHECKPOINT_DIR, STATE_FILE, TrialContext, count_attempts, trial_config
 
@@ -61,6 +62,8 @@ def record_from_state(ctx: TrialContext, config: Mapping[str, Any], trial_id: st
     import torch
 
     if MEMBERS_KEY in config:
+        # each member's status is its own: decided from its own checkpoint below (a cohort stopped
+        # mid-way can hold a finished member next to one that never started)
         for j, member in enumerate(member_configs(config)):
             record_from_state(ctx, member, member_id(trial_id, j), status=status, error=error,
                               last_result={k: v for k, v in (last_result or {}).items() if k == "node_id"})
@@ -71,7 +74,7 @@ def record_from_state(ctx: TrialContext, config: Mapping[str, Any], trial_id: st
 
     last_result = dict(last_result or {})
     cfg, tags, record_id = trial_config(ctx, config, trial_id)
-    if part_path(ctx.results_root, ctx.study, "trials", record_id).is_file():
+    if recorded(ctx, record_id):
         return  # the trial recorded itself
     state: dict[str, Any] = {}
     for path in _state_candidates(ctx, cfg.run.out_dir, checkpoint_path, last_result):
@@ -93,9 +96,11 @@ def record_from_state(ctx: TrialContext, config: Mapping[str, Any], trial_id: st
     except Exception:  # noqa: BLE001
         flops = math.nan
     best = state.get("best_miou", last_result.get("best_miou", math.nan))
+    iterations_done = int(state.get("iteration", last_result.get("iteration", 0)) or 0)
+    status = own_status(status, iterations_done, cfg.optim.iterations)
     result = FitResult(
         config=cfg,
-        iterations_done=int(state.get("iteration", last_result.get("iteration", 0)) or 0),
+        iterations_done=iterations_done,
         best_miou=float(best) if best is not None else math.nan,
         final_miou=float(last.get("val/miou", last_result.get("val_miou", math.nan))),
         pixel_acc=float(last.get("val/pixel_acc", last_result.get("val_pixel_acc", math.nan))),
@@ -162,13 +167,45 @@ def _error_text(trial: Any) -> str:
     return str(path or "error")
 
 
+INTERRUPTED = "interrupted"  # stopped by SIGINT/SIGTERM of the driver; --resume continues it
+
+
 def terminal_status(last_result: Mapping[str, Any], errored: bool) -> str:
+    """The status of a trial Tune ended without the trial recording itself: ``failed``, ``interrupted``
+    (the driver was signalled), ``early_stopped`` (stopped before its last iteration) or
+    ``completed`` (only when its last result reached its last iteration)."""
+    if interrupted() is not None:
+        return INTERRUPTED
     if errored:
         return "failed"
     it, total = last_result.get("iteration"), last_result.get("total_iterations")
-    if it is not None and total is not None and int(it) < int(total):
+    if it is not None and total is not None and int(it) >= int(total):
+        return "completed"
+    if it is not None and total is not None:
         return "early_stopped"
-    return "completed"
+    return INTERRUPTED  # no iteration known: nothing says it finished
+
+
+def own_status(status: str, iterations_done: int, total: int) -> str:
+    """A trial never counts as completed short of its schedule: ``completed`` with fewer than
+    ``total`` iterations done becomes ``interrupted``."""
+    if status == "completed" and iterations_done < total:
+        return INTERRUPTED
+    return status
+
+
+def recorded(ctx: TrialContext, record_id: str) -> bool:
+    """True if the trial has a Parquet record other than an ``interrupted`` one (which a resumed run
+    replaces)."""
+    path = part_path(ctx.results_root, ctx.study, "trials", record_id)
+    if not path.is_file():
+        return False
+    try:
+        import pandas as pd
+
+        return str(pd.read_parquet(path, columns=["status"]).iloc[0]["status"]) != INTERRUPTED
+    except Exception:  # noqa: BLE001 - unreadable: record it again
+        return False
 
 
 class StudyCallback(Callback):
@@ -178,6 +215,9 @@ class StudyCallback(Callback):
         self.ctx = ctx
         self.release_pgs = release_pgs
         self.released: list[str] = []
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        started_trials(self.ctx)[trial.trial_id] = trial
 
     def _finish(self, trial: Any, errored: bool) -> None:
         last = dict(trial.last_result or {})
@@ -199,6 +239,28 @@ class StudyCallback(Callback):
         self._finish(trial, errored=True)
 
 
+_STARTED: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def started_trials(ctx: TrialContext) -> dict[str, Any]:
+    """The Tune trials of ``ctx``'s study this driver has seen start (trial id -> Trial): what the
+    driver records as interrupted when Tune itself could not end cleanly after a signal."""
+    return _STARTED.setdefault((ctx.study, ctx.storage_path), {})
+
+
+def started_results(ctx: TrialContext) -> list[Any]:
+    """:func:`started_trials` in the shape :func:`reconcile` reads (a ResultGrid's results)."""
+    from types import SimpleNamespace
+
+    out = []
+    for tid, trial in started_trials(ctx).items():
+        ckpt = getattr(trial, "checkpoint", None)
+        out.append(SimpleNamespace(metrics={**dict(getattr(trial, "last_result", None) or {}), "trial_id": tid},
+                                   path=str(getattr(trial, "path", None) or tid), config=dict(trial.config or {}),
+                                   error=None, checkpoint=ckpt))
+    return out
+
+
 def reconcile(ctx: TrialContext, result_grid: Any) -> int:
     """Record every trial of ``result_grid`` that has no Parquet record yet; returns how many."""
     n = 0
@@ -213,7 +275,7 @@ def reconcile(ctx: TrialContext, result_grid: Any) -> int:
                 record_ids = [trial_config(ctx, cfg_dict, trial_id)[2]]
         except Exception:  # noqa: BLE001
             continue
-        if all(part_path(ctx.results_root, ctx.study, "trials", r).is_file() for r in record_ids):
+        if all(recorded(ctx, r) for r in record_ids):
             continue
         errored = res.error is not None
         record_from_state(ctx, cfg_dict, trial_id, status=terminal_status(metrics, errored),

@@ -3,7 +3,7 @@
 Every script takes ``--preset {smoke,demo,paper} --results DIR --data-root DIR --address HOST:PORT
 --resume --seeds N`` (plus ``--overwrite``, ``--zoo``, ``--shape``, ``--workers``, ``--gpus``,
 ``--cpus``, ``--iterations``, ``--dataset``, ``--pretrained``, ``--teacher-checkpoint``, ``--teacher-arch``,
-``--mlflow URI``, ``--progress``, ``--verbose``, ``--quiet``), shows the study's live view while it
+``--mlflow URI``, ``--progress``, ``--verbose``, ``--quiet``, ``--debug``), shows the study's live view while it
 runs and ends by printing a summary table, where the results went and the analysis command that
 turns them into figures.
 """
@@ -11,19 +11,45 @@ turns them into figures.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from ..config import ConfigError
 from .presets import PRESETS, Preset, get_preset
 from .spec import StudySpec
 
 
+class StudyArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``prog: error: argument --seeds: ...``; the usage only with --help)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(kind: type, low: float, *, strict: bool = False, what: str = "") -> Callable[[str], Any]:
+    """argparse ``type=``: a ``kind`` >= ``low`` (> ``low`` if ``strict``), refused in one line."""
+    rule = f"{'an integer' if kind is int else 'a number'} {'>' if strict else '>='} {low:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule}{what}") from None
+        if value < low or (strict and value == low) or value != value:
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed: must be {rule}{what}")
+        return value
+
+    parse.__name__ = rule  # argparse names the type in some messages
+    return parse
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = StudyArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=PRESETS, default="demo", help="smoke: CI plumbing check; demo: synthetic "
                    "benchmark in minutes; paper: the paper's recipe on a real dataset and GPUs")
     p.add_argument("--results", default="results", help="results root (Parquet tables, Ray state, runs)")
@@ -33,14 +59,14 @@ def parser(description: str) -> argparse.ArgumentParser:
                    "starting local Ray; results/zoo/data paths must then be on shared storage")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.add_argument("--overwrite", action="store_true", help="delete this study's previous results first")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
+    p.add_argument("--seeds", type=_number(int, 1, what=" (--seeds N runs seeds 0 .. N-1)"), default=None, help="number of seeds (default: the preset's)")
     p.add_argument("--zoo", default=None, help="teacher zoo directory (default: <results>/_zoo)")
     p.add_argument("--shape", choices=("inline", "train"), default=None,
                    help="trial shape (default: the preset's; 'train' = Ray Train workers per trial)")
-    p.add_argument("--workers", type=int, default=None, help="Ray Train workers per trial (implies --shape train if > 1)")
-    p.add_argument("--gpus", type=float, default=None, help="GPUs per trial (inline) or per worker (train)")
-    p.add_argument("--cpus", type=float, default=None, help="CPUs per trial (inline) or per worker (train)")
-    p.add_argument("--iterations", type=int, default=None, help="override the students' iterations")
+    p.add_argument("--workers", type=_number(int, 1), default=None, help="Ray Train workers per trial (implies --shape train if > 1)")
+    p.add_argument("--gpus", type=_number(float, 0), default=None, help="GPUs per trial (inline) or per worker (train)")
+    p.add_argument("--cpus", type=_number(float, 0), default=None, help="CPUs per trial (inline) or per worker (train)")
+    p.add_argument("--iterations", type=_number(int, 1), default=None, help="override the students' iterations")
     p.add_argument("--pretrained", default=None, help="students' ImageNet backbone file (model.pretrained), or a "
                    "directory holding the reference's resnet18-imagenet.pth / resnet101-imagenet.pth / "
                    "mobilenetv2-imagenet.pth (one for every student architecture)")
@@ -55,7 +81,28 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="the live view: auto = a live display on a terminal, plain lines otherwise")
     p.add_argument("--verbose", action="store_true", help="also Ray Tune's status tables and Ray's INFO logs")
     p.add_argument("--quiet", action="store_true", help="no live view (warnings, errors and the summary only)")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors (default: one line)")
     return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Flag combinations argparse cannot check alone; raises ConfigError naming the flags."""
+    if getattr(args, "cpus", None) == 0 and not getattr(args, "gpus", None):
+        raise ConfigError("--cpus 0: a trial needs some CPU or GPU; give --cpus > 0 or --gpus > 0")
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        raise ConfigError("--resume and --overwrite: give one (--resume continues the study, --overwrite deletes it)")
+    if getattr(args, "preset", None) == "paper" and not getattr(args, "data_root", ""):
+        raise ConfigError("--preset paper needs --data-root DIR (the directory holding the dataset)")
+    dataset = getattr(args, "dataset", None)
+    if dataset:
+        from ..data import DATASETS
+
+        if dataset not in DATASETS:
+            import difflib
+
+            near = difflib.get_close_matches(dataset, list(DATASETS), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"--dataset {dataset!r}: unknown dataset; known: {', '.join(sorted(DATASETS))}{hint}")
 
 
 def view_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,6 +112,14 @@ def view_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def preset_from_args(args: argparse.Namespace) -> Preset:
+    check_args(args)
+    try:
+        return _preset_from_args(args)
+    except ValueError as exc:  # ConfigError included: a preset that cannot take these flags
+        raise ConfigError(str(exc)) from None
+
+
+def _preset_from_args(args: argparse.Namespace) -> Preset:
     return get_preset(args.preset, data_root=args.data_root, dataset=args.dataset, seeds=args.seeds,
                       shape=args.shape, workers=args.workers, gpus=args.gpus, cpus=args.cpus,
                       iterations=args.iterations, pretrained=getattr(args, "pretrained", None),
@@ -91,20 +146,96 @@ def study_name(script: str, preset: Preset) -> str:
 
 
 def run(spec: StudySpec, args: argparse.Namespace) -> pd.DataFrame:
-    """run_study with the script's flags; returns the study's trials table."""
-    from .mlflow_log import MlflowUnavailableError
-    from .preflight import PreflightError
-    from .runner import StudyExistsError, run_study
+    """run_study with the script's flags; returns the study's trials table. Errors are one line
+    (``--debug``: the traceback); an interrupted study says how to resume and exits 130/143."""
+    from .runner import run_study
 
     t0 = time.time()
-    try:
+    with user_errors(args, spec):
         df = run_study(spec, results_root=args.results, address=args.address, resume=args.resume,
                        overwrite=args.overwrite, zoo=args.zoo, **view_args(args))
-    except (StudyExistsError, PreflightError, MlflowUnavailableError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     df.attrs["wall_time_s"] = time.time() - t0
     return df
+
+
+def user_errors_types() -> tuple[type[BaseException], ...]:
+    """The errors a user's input or machine causes (reported in one line, exit code 2)."""
+    from .guards import DesignChangedError, StudyLockedError, ZooEntryError
+    from .mlflow_log import MlflowUnavailableError
+    from .runner import DashboardMissingError, StudyExistsError
+    from .runtime import RayAddressError
+
+    return (ConfigError, StudyExistsError, MlflowUnavailableError, DashboardMissingError, RayAddressError,
+            StudyLockedError, DesignChangedError, ZooEntryError)
+
+
+def resume_command(argv: Sequence[str] | None = None) -> str:
+    """The command line that resumes this script's study: its own, with --resume and without --overwrite."""
+    argv = list(sys.argv if argv is None else argv)
+    args = [a for a in argv[1:] if a != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    script = argv[0] if argv else "experiments/<script>.py"
+    return shlex.join(["python", script, *args])
+
+
+class user_errors:  # noqa: N801 - used as a context manager
+    """Turn a study's user-facing errors into one line on stderr and ``SystemExit(2)`` (the traceback
+    with ``--debug``); a SIGINT/SIGTERM into the interruption report, the resume command and
+    ``SystemExit(130 / 143)``."""
+
+    def __init__(self, args: argparse.Namespace | None = None, spec: StudySpec | None = None) -> None:
+        self.debug = bool(getattr(args, "debug", False)) or "--debug" in sys.argv
+        self.args, self.spec = args, spec
+
+    def __enter__(self) -> "user_errors":
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None:
+            return False
+        from .interrupt import StudyInterrupted, stopped_after_s
+
+        if isinstance(exc, StudyInterrupted):
+            self._interrupted(exc, stopped_after_s())
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, KeyboardInterrupt):
+            print("\ninterrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+        if self.debug or not isinstance(exc, user_errors_types()):
+            return False
+        text = str(exc).strip()
+        prefix = "" if text.startswith("--") else "error: "
+        print(f"{prefix}{text}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    def _interrupted(self, exc: Any, took: float) -> None:
+        counts = ""
+        if self.args is not None and self.spec is not None:
+            try:
+                import warnings
+
+                from ..results import read_trials
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    df = read_trials(Path(self.args.results).resolve(), self.spec.name)
+                if not df.empty and "status" in df:
+                    students = df[df["role"] != "teacher"] if "role" in df else df
+                    c = students["status"].value_counts().to_dict()
+                    counts = f"; {len(students)} of {self.spec.num_trials()} configurations recorded (" + \
+                        ", ".join(f"{k}: {v}" for k, v in sorted(c.items())) + ")"
+            except Exception:  # noqa: BLE001 - the report must not hide the resume command
+                counts = ""
+        print(f"study interrupted by {exc.signame} (stopped in {took:.1f} s){counts}; unfinished trials are "
+              f"recorded as interrupted and continue from their checkpoints with:\n  {resume_command()}",
+              file=sys.stderr, flush=True)
+
+
+def script_main(main: Callable[[], int]) -> int:
+    """Run an experiment script's ``main`` with one-line errors (``--debug``: tracebacks)."""
+    with user_errors():
+        return main()
 
 
 def report(df: pd.DataFrame, args: argparse.Namespace, spec: StudySpec, *, by: Sequence[str],
@@ -121,7 +252,12 @@ def report(df: pd.DataFrame, args: argparse.Namespace, spec: StudySpec, *, by: S
         print("(no student trials finished)")
     else:
         ref = reference if reference and all(k in students.columns for k in reference) else None
-        print(format_table(summarize(students, by=by, metric=metric, reference=ref)))
+        # means and tests over finished configurations only (an interrupted or failed row is no result)
+        done = students[students["status"] != "interrupted"] if "status" in students else students
+        if done.empty:
+            print("(no student trial finished)")
+        else:
+            print(format_table(summarize(done, by=by, metric=metric, reference=ref)))
         counts = students["status"].value_counts().to_dict() if "status" in students else {}
         print(f"trials: {len(students)} ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})")
     teachers = df[df["role"] == "teacher"] if "role" in df else df.iloc[0:0]

@@ -201,7 +201,7 @@ class StudyProgress:
                 at = None if at is None or _num(at) < 0 or not math.isfinite(_num(at)) else int(_num(at))
                 self._fail(m, reason, at if at is not None else m.failed_at, now)
                 return
-            if m.status != RUNNING:
+            if m.status != RUNNING or status == "interrupted":  # stopped by a signal: not done
                 return
             m.status = STOPPED if status == "early_stopped" else DONE
             m.finished = now
@@ -368,7 +368,7 @@ def recorded(ctx: TrialContext) -> list[tuple[str, str, str, dict[str, Any]]]:
     names = list(ctx.setting_names) or setting_names(ctx.variants, ctx.base_flat)
     out = []
     for row in df.to_dict("records"):
-        if row.get("role") == "teacher":
+        if row.get("role") == "teacher" or row.get("status") == "interrupted":  # interrupted: runs again
             continue
         setting = str(row.get("trial_id"))
         for name, variant in zip(names, ctx.variants):

@@ -14,6 +14,7 @@ storage every node sees, e.g. NFS, because trials write there directly)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -27,9 +28,12 @@ from ray.tune.schedulers import ASHAScheduler
 
 from ..results import read_trials
 from . import mlflow_log
-from .callbacks import StudyCallback, reconcile
+from . import interrupt
+from .callbacks import StudyCallback, reconcile, started_results
 from .cohort_trial import cohorts_apply, plan_cohorts
 from .dashboard import OPTUNA_FILE
+from .guards import (DesignChange, ZooEntryError, check_design, check_results_root, design_of, flock_file,
+                     set_aside, study_lock, verify_zoo_entry, write_design)
 from .names import (SEED_KEY, SETTING_KEY, NamesCallback, cohort_space, fixed_space, grid_space, setting_names,
                     trial_dirname, trial_name)
 from .preflight import check_cluster, preflight_spec
@@ -98,18 +102,22 @@ def run_study(spec: StudySpec, *, results_root: str | Path = "results", address:
     """
     if progress not in PROGRESS_MODES:
         raise ValueError(f"run_study(progress={progress!r}): must be one of {PROGRESS_MODES}")
-    if preflight:
-        preflight_spec(spec)
-    sink = None
-    if mlflow:  # before anything trains: an unusable URI is an error now, not after the teacher
-        sink = mlflow_log.connect(mlflow, spec.name, tags={"segdistill.study": spec.name, **dict(spec.tags)})
-    try:
-        return _run_study(spec, results_root=results_root, address=address, resume=resume, overwrite=overwrite,
-                          zoo=zoo, verbose=verbose, dashboard=dashboard, num_cpus=num_cpus, preflight=preflight,
-                          progress=progress, sink=sink)
-    finally:
-        if sink is not None:
-            sink.close()
+    root = check_results_root(results_root)
+    if zoo is not None:
+        check_results_root(zoo, what="--zoo")
+    with interrupt.interruptible(), study_lock(root, spec.name):
+        if preflight:
+            preflight_spec(spec)
+        sink = None
+        if mlflow:  # before anything trains: an unusable URI is an error now, not after the teacher
+            sink = mlflow_log.connect(mlflow, spec.name, tags={"segdistill.study": spec.name, **dict(spec.tags)})
+        try:
+            return _run_study(spec, results_root=root, address=address, resume=resume, overwrite=overwrite,
+                              zoo=zoo, verbose=verbose, dashboard=dashboard, num_cpus=num_cpus, preflight=preflight,
+                              progress=progress, sink=sink)
+        finally:
+            if sink is not None:
+                sink.close()
 
 
 def _run_study(spec: StudySpec, *, results_root: str | Path, address: str | None, resume: bool, overwrite: bool,
@@ -129,7 +137,19 @@ def _run_study(spec: StudySpec, *, results_root: str | Path, address: str | None
                 shutil.rmtree(stale)
             elif stale.exists():
                 stale.unlink()
+    base_flat = spec.base.to_flat()
+    if spec.teacher_cache and not base_flat.get("run.teacher_cache"):
+        base_flat["run.teacher_cache"] = str(zoo_.root / "_logits")
+    names = setting_names(spec.expand_variants(), base_flat)  # the user's variants, before the zoo filled them
+    design = design_of(spec, names)
+    # --resume of another design: refused before Ray starts, or the added configurations planned
+    added, parts = check_design(paths["study"], design, spec.name) if resume else (DesignChange(), [])
+    parts = parts or [{"name": TUNE_NAME, "settings": list(names), "seeds": [int(x) for x in spec.seeds]}]
+    if added:
+        parts = parts + _added_parts(parts, added, names, spec.seeds)
+        log.warning("--resume adds %s to study %s", _describe_added(added), spec.name)
     paths["study"].mkdir(parents=True, exist_ok=True)
+    write_design(paths["study"], design, parts)
     if verbose:
         logging.getLogger("ray").setLevel(logging.INFO)
     with ray_session(address, dashboard=dashboard, num_cpus=num_cpus) as info, \
@@ -142,28 +162,55 @@ def _run_study(spec: StudySpec, *, results_root: str | Path, address: str | None
             zoo_.copy_record(entry, paths["root"], spec.name)
             if sink is not None:
                 sink.finish(str(paths["root"]), spec.name, entry.record_id, name=teacher_name(entry.cfg))
-        base_flat = spec.base.to_flat()
-        if spec.teacher_cache and not base_flat.get("run.teacher_cache"):
-            base_flat["run.teacher_cache"] = str(zoo_.root / "_logits")
-        names = setting_names(spec.expand_variants(), base_flat)  # the user's variants, before the zoo filled them
         ctx = TrialContext(study=spec.name, results_root=str(paths["root"]), runs_root=str(paths["runs"]),
                            storage_path=str(paths["storage"]), base_flat=base_flat, variants=tuple(variants),
                            tags=dict(spec.tags), shape=shape, resources=spec.resources, max_failures=spec.max_failures,
                            setting_names=tuple(names), verbose=verbose)
-        cohorts = _cohort_plan(spec, ctx, info, shape) if cohorts_apply(spec, shape) else []
-        if spec.search == "optuna":
-            param_space: dict[str, Any] = fixed_space(names[0], spec.seeds[0])
-        elif cohorts and max(len(c) for c in cohorts) > 1:
-            param_space = cohort_space(cohorts)
-        else:
-            param_space = grid_space(variants, names, spec.seeds, base_flat)
-        grid = _tune(ctx, spec, info, param_space, name=TUNE_NAME, resume=resume, release=release,
-                     optuna_path=paths["optuna"], verbose=verbose, monitor=monitor, sink=sink, phase=TRIALS,
-                     planned=spec.num_trials())
-        reconcile(ctx, grid)
+        for part in parts:  # the study's first experiment, then those --resume added settings/seeds with
+            part_names = [n for n in names if n in set(part["settings"])]
+            part_seeds = [int(x) for x in part["seeds"]]
+            part_variants = [variants[names.index(n)] for n in part_names]
+            cohorts = _cohort_plan(spec, ctx, info, shape, part_names, part_seeds) if cohorts_apply(spec, shape) else []
+            if spec.search == "optuna":
+                param_space: dict[str, Any] = fixed_space(names[0], spec.seeds[0])
+            elif cohorts and max(len(c) for c in cohorts) > 1:
+                param_space = cohort_space(cohorts)
+            else:
+                param_space = grid_space(part_variants, part_names, part_seeds, base_flat)
+            planned = spec.num_trials() if spec.search == "optuna" else len(part_names) * len(part_seeds) * spec.num_samples
+            grid = _tune(ctx, spec, info, param_space, name=part["name"], resume=resume, release=release,
+                         optuna_path=paths["optuna"], verbose=verbose, monitor=monitor, sink=sink, phase=TRIALS,
+                         planned=planned)
+            reconcile(ctx, grid)
         if sink is not None:  # what the live path missed (reconciled records, a resumed study's earlier trials)
             sink.sync(str(paths["root"]), spec.name)
     return read_trials(paths["root"], spec.name)
+
+
+def _added_parts(parts: Sequence[Mapping[str, Any]], added: DesignChange, names: Sequence[str],
+                 seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """The experiments that run exactly the configurations ``added`` brings: new settings with every
+    seed, and the recorded settings with the new seeds (each a rectangular grid)."""
+    n = len(parts)
+    old_names = [x for x in names if x not in set(added.new_settings)]
+    out = []
+    if added.new_settings:
+        n += 1
+        out.append({"name": f"{TUNE_NAME}_add{n - 1}", "settings": list(added.new_settings),
+                    "seeds": [int(x) for x in seeds]})
+    if added.new_seeds and old_names:
+        n += 1
+        out.append({"name": f"{TUNE_NAME}_add{n - 1}", "settings": old_names, "seeds": [int(x) for x in added.new_seeds]})
+    return out
+
+
+def _describe_added(added: DesignChange) -> str:
+    bits = []
+    if added.new_settings:
+        bits.append(f"{len(added.new_settings)} setting(s) ({', '.join(added.new_settings)})")
+    if added.new_seeds:
+        bits.append(f"seed(s) {', '.join(map(str, added.new_seeds))}")
+    return " and ".join(bits)
 
 
 def teacher_name(cfg: Any) -> str:
@@ -171,12 +218,13 @@ def teacher_name(cfg: Any) -> str:
     return f"teacher {cfg.model.arch} on {cfg.data.name}"
 
 
-def _cohort_plan(spec: StudySpec, ctx: TrialContext, info: RayInfo, shape: str) -> list[list[list[Any]]]:
-    """The grid's (setting, seed) pairs grouped into cohorts (see :func:`plan_cohorts`): per cohort its
-    members as ``[setting name, seed]``."""
+def _cohort_plan(spec: StudySpec, ctx: TrialContext, info: RayInfo, shape: str, settings: Sequence[str],
+                 seeds: Sequence[int]) -> list[list[list[Any]]]:
+    """The (setting, seed) pairs of ``settings`` x ``seeds`` grouped into cohorts (see :func:`plan_cohorts`):
+    per cohort its members as ``[setting name, seed]``."""
     names = list(ctx.setting_names)
     configs = [(i, s, trial_config(ctx, {SETTING_KEY: names[i], SEED_KEY: s}, "plan")[0])
-               for i in range(len(ctx.variants)) for s in spec.seeds]
+               for i in range(len(ctx.variants)) if names[i] in set(settings) for s in seeds]
     slots = spec.max_concurrent or max_concurrent_trials(info.resources, spec.resources.per_trial(shape))
     return [[[names[v], s] for v, s in c] for c in plan_cohorts(configs, slots, spec.cohort_size)]
 
@@ -253,8 +301,7 @@ def _fit(ctx: TrialContext, spec: StudySpec, info: RayInfo, param_space: Mapping
         log.info("resuming %s from %s", spec.name, exp_dir)
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, param_space=dict(param_space))
-        with _tune_output(verbose):
-            return tuner.fit()
+        return _interruptible_fit(tuner, ctx, verbose)
     if exp_dir.exists():  # a stale experiment (not resumable or not asked to resume)
         shutil.rmtree(exp_dir)
     search_alg = None
@@ -291,8 +338,33 @@ def _fit(ctx: TrialContext, spec: StudySpec, info: RayInfo, param_space: Mapping
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
     )
-    with _tune_output(verbose):
-        return tuner.fit()
+    return _interruptible_fit(tuner, ctx, verbose)
+
+
+def _interruptible_fit(tuner: Any, ctx: TrialContext, verbose: int) -> Any:
+    """``tuner.fit()``; after SIGINT/SIGTERM (:mod:`segdistill.study.interrupt`) every trial without a
+    record is recorded ``interrupted`` and :class:`~segdistill.study.interrupt.StudyInterrupted` raised."""
+    grid = None
+    record_now = functools.partial(_record_started, ctx)
+    with _tune_output(verbose), interrupt.tune_loop(), interrupt.on_abandon(record_now):
+        try:
+            grid = tuner.fit()
+        except Exception:
+            if interrupt.interrupted() is None:
+                raise
+            log.debug("Tune ended with an error after the interrupt", exc_info=True)
+    if interrupt.interrupted() is not None:
+        try:
+            reconcile(ctx, grid if grid is not None else started_results(ctx))
+        except Exception:  # noqa: BLE001 - the records are bookkeeping; the stop must go on
+            log.exception("could not record the interrupted trials of %s", ctx.study)
+        interrupt.raise_if_interrupted()
+    return grid
+
+
+def _record_started(ctx: TrialContext) -> None:
+    """Record the trials this driver saw start (and that have no record) from their checkpoints on disk."""
+    reconcile(ctx, started_results(ctx))
 
 
 @contextlib.contextmanager
@@ -379,16 +451,41 @@ def ensure_teachers(spec: StudySpec, zoo: TeacherZoo, info: RayInfo, shape: str,
             v["distill.teacher_arch"] = entry.cfg.model.arch
             v["distill.teacher_checkpoint"] = str(entry.model_path)
         variants.append(v)
-    missing = [e for e in entries.values() if not e.exists()]
-    if missing:
-        with zoo.lock():
-            missing = [e for e in missing if not e.exists()]
-            if missing:
-                train_teachers(missing, zoo, spec, info, shape, verbose=verbose, monitor=monitor)
-        still = [str(e.model_path) for e in missing if not e.exists()]
+    # One lock per zoo entry (sorted, so two drivers never wait on each other in a cycle): a teacher
+    # two studies need is trained once, by whichever driver locks it first; the other waits and uses it.
+    with contextlib.ExitStack() as stack:
+        for e in sorted(entries.values(), key=lambda e: str(e.dir)):
+            stack.enter_context(flock_file(zoo.entry_lock_path(e), what=f"zoo teacher {e.dir}", wait=True,
+                                           on_wait=lambda holder, e=e: log.warning(
+                                               "waiting for zoo teacher %s, locked by %s", e.dir, holder)))
+        missing = [e for e in entries.values() if not _usable(e)]
+        if missing:
+            train_teachers(missing, zoo, spec, info, shape, verbose=verbose, monitor=monitor)
+        still = [e for e in missing if not e.exists()]
         if still:
-            raise RuntimeError(f"teacher training did not produce {still}; see the records in {zoo.records_root}")
+            raise ZooEntryError(f"teacher training did not produce {', '.join(str(e.model_path) for e in still)}; "
+                                f"see the teacher records in {zoo.records_root}")
+        for e in missing:
+            why = verify_zoo_entry(e.model_path)
+            if why is not None:
+                raise ZooEntryError(f"zoo teacher {e.model_path} is unusable right after training ({why})")
     return variants, list(entries.values())
+
+
+def _usable(entry: ZooEntry) -> bool:
+    """True if ``entry``'s ``model.pt`` exists and loads; an unreadable one (truncated, empty, foreign)
+    is moved aside (``model.pt.corrupt-<time>``) so it is retrained, never handed to N trials."""
+    if not entry.exists():
+        if entry.dir.is_dir() and (entry.dir / "config.json").is_file():
+            log.warning("zoo teacher %s is missing; training it again", entry.model_path)
+        return False
+    why = verify_zoo_entry(entry.model_path)
+    if why is None:
+        return True
+    moved = set_aside(entry.model_path)
+    log.warning("zoo teacher %s is unreadable (%s); moved it to %s and training it again",
+                entry.model_path, why, moved.name)
+    return False
 
 
 def train_teachers(entries: Sequence[ZooEntry], zoo: TeacherZoo, spec: StudySpec, info: RayInfo, shape: str,
@@ -396,6 +493,7 @@ def train_teachers(entries: Sequence[ZooEntry], zoo: TeacherZoo, spec: StudySpec
     """Train zoo teachers as Tune trials (one per entry, in parallel where resources allow)."""
     variants = []
     for e in entries:
+        zoo.forget_record(e)  # a record of an earlier training whose model.pt is gone would skip the retraining
         e.write_config()
         flat = e.training_config().to_flat()
         flat.update({"tag.record_id": e.record_id, "tag.role": "teacher"})
@@ -409,7 +507,9 @@ def train_teachers(entries: Sequence[ZooEntry], zoo: TeacherZoo, spec: StudySpec
     name = "teachers_" + "_".join(sorted(e.key[2] for e in entries))[:80]
     teacher_spec = spec.replace(scheduler="none", search="grid")
     space = grid_space(variants, names, (), base_flat, with_seed=False)
-    _tune(ctx, teacher_spec, info, space, name=name, resume=True, release=shape == "train", optuna_path=None,
+    # A fresh Tune experiment each time (its trials resume from the entries' own checkpoints): a finished
+    # experiment restored would not train a teacher whose model.pt has gone since.
+    _tune(ctx, teacher_spec, info, space, name=name, resume=False, release=shape == "train", optuna_path=None,
           verbose=verbose, scheduler="none", search="grid", num_samples=1, monitor=monitor, phase=TEACHERS,
           planned=len(entries))
 
@@ -423,6 +523,18 @@ def teachers_only(spec: StudySpec, *, results_root: str | Path = "results", addr
     import time
 
     t0 = time.time()
+    root = check_results_root(results_root)
+    if zoo is not None:
+        check_results_root(zoo, what="--zoo")
+    with interrupt.interruptible(), study_lock(root, spec.name):
+        return _teachers_only(spec, results_root=root, address=address, zoo=zoo, verbose=verbose, dashboard=dashboard,
+                              progress=progress, mlflow=mlflow, t0=t0)
+
+
+def _teachers_only(spec: StudySpec, *, results_root: Path, address: str | None, zoo: str | Path | None, verbose: int,
+                   dashboard: bool, progress: str, mlflow: str | None, t0: float) -> pd.DataFrame:
+    import time
+
     paths = study_paths(results_root, spec.name)
     zoo_ = TeacherZoo(zoo if zoo is not None else paths["root"] / "_zoo")
     preflight_spec(spec)

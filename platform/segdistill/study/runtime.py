@@ -21,6 +21,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -33,6 +34,69 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
 # Each evaluation checkpoints (num_to_keep=1), which makes Tune warn about snapshot frequency.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+ADDRESS_PROBE_S = 10.0
+"""How long :func:`probe_address` waits for a TCP answer from ``--address`` before giving up (seconds)."""
+
+
+class RayAddressError(ConnectionError):
+    """Nothing answers at the Ray address a study was told to join."""
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    text = address.split("://", 1)[-1].strip().rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def resolve_address(address: str) -> str:
+    """``address`` as Ray would use it: ``"auto"`` is ``RAY_ADDRESS`` or the cluster this machine's
+    last ``ray start`` recorded (``<temp dir>/ray_current_cluster``); '' if ``"auto"`` finds none."""
+    if address != "auto":
+        return address
+    env = os.environ.get("RAY_ADDRESS", "")
+    if env and env != "auto":
+        return env
+    from ray._private.utils import read_ray_address
+
+    try:
+        return read_ray_address() or ""
+    except OSError:
+        return ""
+
+
+def probe_address(address: str, timeout_s: float = ADDRESS_PROBE_S) -> None:
+    """Raise :class:`RayAddressError` unless something accepts a TCP connection at ``address``
+    (``host:port``, ``ray://host:port`` or ``auto``) within ``timeout_s`` seconds. Without this,
+    ``ray.init`` retries an address nobody listens on for minutes without a word."""
+    resolved = resolve_address(address)
+    if address == "auto" and not resolved:
+        raise RayAddressError("--address auto: no Ray cluster is recorded on this machine (RAY_ADDRESS is unset and "
+                              "no `ray start --head` wrote ray_current_cluster); start one or drop --address")
+    hp = _host_port(resolved)
+    if hp is None:
+        raise RayAddressError(f"--address {address!r}: expected HOST:PORT (e.g. 10.0.0.1:6379), ray://HOST:PORT or auto")
+    host, port = hp
+    shown = address if resolved == address else f"{address} (= {resolved})"
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.create_connection((host, port), timeout=min(left, 3.0)):
+                return
+        except OSError as exc:
+            last = exc
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    why = getattr(last, "strerror", None) or str(last) or "no answer"
+    raise RayAddressError(f"--address {shown}: nothing answers at {host}:{port} within {timeout_s:g} s ({why}); "
+                          "is the cluster's head running (ray start --head --port PORT)? Without --address the "
+                          "study starts a local Ray of its own") from None
 
 
 @dataclass(frozen=True)
@@ -51,10 +115,13 @@ def state_api_available(timeout_s: float = 8.0) -> bool:
     """
     from ray.util.state import list_nodes
 
+    # this driver's own cluster: without an address the state API picks "the latest" Ray on the
+    # machine, which may be someone else's
+    own = getattr(ray.get_runtime_context(), "gcs_address", None) if ray.is_initialized() else None
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            list_nodes(limit=1, timeout=5, raise_on_missing_output=False)
+            list_nodes(address=own, limit=1, timeout=5, raise_on_missing_output=False)
             return True
         except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
             if time.monotonic() >= deadline:
@@ -96,10 +163,13 @@ def ray_session(address: str | None = None, *, dashboard: bool = True, num_cpus:
     shut down on exit, also on errors and KeyboardInterrupt.
     """
     started = False
+    prev_sigterm = _python_sigterm_handler()
     if not ray.is_initialized():
         if address:
+            probe_address(address)
             ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         elif os.environ.get("RAY_ADDRESS"):  # the user's environment names a cluster: join it
+            probe_address(os.environ["RAY_ADDRESS"])
             ray.init(log_to_driver=True, logging_level=logging.WARNING)
         else:
             # address="local": always a Ray of our own, even when another one runs on this machine
@@ -107,18 +177,46 @@ def ray_session(address: str | None = None, *, dashboard: bool = True, num_cpus:
             # our sizing arguments); join that one with --address auto
             ray.init(address="local", **_local_init_kwargs(num_cpus, num_gpus, dashboard))
         started = True
+        _restore_sigterm(prev_sigterm)
     try:
         # Local Ray started here without the dashboard has no state API: no need to wait for it.
         ok = state_api_available() if probe_state_api and (dashboard or not started or address) else False
         ctx = ray.get_runtime_context()
+        if started and not address and not os.environ.get("RAY_ADDRESS"):
+            from .interrupt import set_own_gcs
+
+            set_own_gcs(getattr(ctx, "gcs_address", "") or "")
         info = RayInfo(address=getattr(ctx, "gcs_address", "") or "", started_here=started, state_api=ok,
                        resources={k: float(v) for k, v in ray.cluster_resources().items()},
                        nodes=sum(1 for n in ray.nodes() if n.get("Alive")))
         yield info
     finally:
         if started:
+            from .interrupt import set_own_gcs
+
+            set_own_gcs("")
             with contextlib.suppress(Exception):
                 ray.shutdown()
+
+
+def _python_sigterm_handler() -> object:
+    """The SIGTERM handler installed from Python (a driver's interrupt handler), else None."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    h = signal.getsignal(signal.SIGTERM)
+    return h if callable(h) else None
+
+
+def _restore_sigterm(handler: object) -> None:
+    """``ray.init`` replaces the SIGTERM handler with ``sys.exit`` (which ends in an abort and a C++
+    stack dump once Ray is up); put back the driver's own handler, if it had one."""
+    import signal
+
+    if handler is not None:
+        signal.signal(signal.SIGTERM, handler)  # type: ignore[arg-type]
 
 
 def current_placement_group_hex() -> str:

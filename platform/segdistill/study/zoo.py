@@ -9,8 +9,11 @@ Layout::
 
 ``model.pt`` is written by ``fit`` only at the end of training (atomically), so its presence
 means "trained". A study that needs a missing teacher trains it first, once, as a Tune trial
-(:func:`segdistill.study.runner.ensure_teachers`); concurrent drivers on one machine serialise on
-``<zoo>/.lock``. On a cluster the zoo must be on storage every node sees.
+(:func:`segdistill.study.runner.ensure_teachers`); concurrent drivers serialise per entry on
+``<zoo>/<arch>/<dataset>/.<hash>.lock`` (``flock``, released when a driver dies), so a teacher two
+studies need is trained once. Before trials start each entry's ``model.pt`` is loaded: a missing,
+truncated or unreadable one is moved aside and retrained. On a cluster the zoo must be on storage
+every node sees.
 """
 
 from __future__ import annotations
@@ -78,6 +81,23 @@ class TeacherZoo:
     @property
     def records_root(self) -> Path:
         return self.root / RECORDS
+
+    def entry_lock_path(self, entry: ZooEntry) -> Path:
+        """The per-entry lock file (``<zoo>/<arch>/<dataset>/.<hash>.lock``, beside the entry so
+        deleting an entry does not delete its lock)."""
+        return entry.dir.parent / f".{entry.dir.name}.lock"
+
+    def forget_record(self, entry: ZooEntry) -> bool:
+        """Delete the entry's teacher record (it is rewritten when the teacher is trained again)."""
+        from ..results import part_path
+
+        removed = False
+        for table in ("trials", "per_class", "curves"):
+            path = part_path(self.records_root, RECORD_STUDY, table, entry.record_id)
+            if path.is_file():
+                path.unlink()
+                removed = True
+        return removed
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
