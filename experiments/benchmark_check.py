@@ -12,7 +12,8 @@ outside the evaluation seeds) and reused on every instance, CWD or HWD beats the
 than 2 standard errors over >= 5 seeds per arm. Also the cost: CPU-minutes per arm and instance, and
 the wall time. Studies ``benchmark_check-<preset>-{baseline,sweep_cwd,sweep_hwd,distilled}``, one Ray session.
 
-    python experiments/benchmark_check.py --preset smoke|demo [--seeds N] [--instances N] [--trials N] [--resume]
+    python experiments/benchmark_check.py --preset smoke|demo [--seeds N] [--instances N] [--trials N]
+        [--methods cwd,hwd] [--resume]
 """
 
 from __future__ import annotations
@@ -252,7 +253,8 @@ def checks(results: str, names: dict[str, str], chosen: dict[str, dict], n_seeds
     few = "" if k >= MIN_INSTANCES else f" (needs >= {MIN_INSTANCES} data instances; ran {k})"
     gaps = [c["teacher_gap"]["value"] for c in per.values()]
     c1 = bool(k and all(c["teacher_gap"]["pass"] for c in per.values())) and k >= MIN_INSTANCES
-    print(f"\n(1) teacher - baseline: mean over instances {_fmt(float(np.nanmean([_nan(g) for g in gaps])), '+.4f')}, "
+    finite = [g for g in gaps if g is not None]
+    print(f"\n(1) teacher - baseline: mean over instances {_fmt(float(np.mean(finite)) if finite else None, '+.4f')}, "
           f"min {_fmt(min((_nan(g) for g in gaps), default=math.nan), '+.4f')} (needs >= {MIN_GAP} on every "
           f"instance){few}: {_ok(c1)}")
     c2 = by_protocol[METRIC]["pass"] and k >= MIN_INSTANCES
@@ -289,18 +291,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=None, help="Optuna trials per method (smoke 2, demo 8)")
     p.add_argument("--instances", type=int, default=None,
                    help="data instances: data.seed 0..N-1, each with its own teacher (smoke 2, demo 3)")
+    p.add_argument("--methods", default="cwd,hwd", help="distillation methods to sweep and test (of cwd, hwd)")
+    p.add_argument("--report-only", action="store_true", help="train nothing: print the checks from the studies' "
+                   "Parquet as they are (e.g. of an interrupted run; a method without a finished sweep is left out)")
     args = p.parse_args(argv)
+    wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not wanted or set(wanted) - {"cwd", "hwd"}:
+        p.error(f"--methods takes cwd and/or hwd, got {args.methods!r}")
     preset = preset_from_args(args)
     if args.seeds is None:
         preset = preset.replace(seeds=tuple(range(SEEDS[preset.name])))
     trials = args.trials or TRIALS[preset.name]
     instances = list(range(args.instances or INSTANCES[preset.name]))
     stem = study_name(__file__, preset)
-    names = {"baseline": f"{stem}-baseline", "sweep_cwd": f"{stem}-sweep_cwd", "sweep_hwd": f"{stem}-sweep_hwd",
+    arms_of = {m: v for m, v in methods(preset).items() if m in wanted}
+    names = {"baseline": f"{stem}-baseline", **{f"sweep_{m}": f"{stem}-sweep_{m}" for m in arms_of},
              "distilled": f"{stem}-distilled"}
     from segdistill.study.runtime import ray_session
 
     t0, walls = time.time(), {}
+    if args.report_only:
+        chosen = {}
+        for m in arms_of:
+            try:
+                chosen[m] = best_of_sweep(args.results, names[f"sweep_{m}"])
+            except (SystemExit, FileNotFoundError, KeyError):
+                names.pop(f"sweep_{m}")
+        out = checks(args.results, names, chosen, len(preset.seeds), instances)
+        print(json.dumps({"benchmark_check": {**out, "preset": preset.name, "report_only": True}}, sort_keys=True))
+        return 0
 
     def timed(key: str, spec: StudySpec) -> None:
         t = time.time()
@@ -312,13 +331,13 @@ def main(argv: list[str] | None = None) -> int:
                                 [{"distill.method": "none", "data.seed": i, "tag.setting": f"baseline data.seed={i}"}
                                  for i in instances], preset.seeds, "benchmark"))
         chosen = {}
-        for m, v in methods(preset).items():  # the sweeps run on the first instance only
+        for m, v in arms_of.items():  # the sweeps run on the first instance only
             timed(f"sweep_{m}", study(preset, names[f"sweep_{m}"],
                                       [{**v, "data.seed": instances[0], "tag.setting": f"sweep_{m}"}], (SWEEP_SEED,),
                                       "search", search="optuna", space=alpha_tau_space, num_samples=trials))
             chosen[m] = best_of_sweep(args.results, names[f"sweep_{m}"])
         arms = [{**v, "distill.alpha": chosen[m]["alpha"], "distill.tau": chosen[m]["tau"], "data.seed": i,
-                 "tag.setting": f"{m} data.seed={i}"} for i in instances for m, v in methods(preset).items()]
+                 "tag.setting": f"{m} data.seed={i}"} for i in instances for m, v in arms_of.items()]
         timed("distilled", study(preset, names["distilled"], arms, preset.seeds, "benchmark"))
     out = checks(args.results, names, chosen, len(preset.seeds), instances)
     wall = time.time() - t0

@@ -161,3 +161,26 @@ def test_welch_ci_excludes_zero_exactly_when_p_below_alpha():
         p = welch_t_test(a, b)[2]
         if abs(p - 0.05) > 1e-6:
             assert (lo > 0 or hi < 0) == (p < 0.05)
+
+
+def test_summarize_ci_columns_and_table():
+    from segdistill.summary import welch_ci
+
+    df = frame({"cwd": [0.30, 0.31, 0.32], "hwd": [0.33, 0.35, 0.34], "kd": [0.2]})
+    s = summarize(df, ["distill.method"], reference={"distill.method": "cwd"}, ci=0.95).set_index("distill.method")
+    _, lo, hi = welch_ci([0.33, 0.35, 0.34], [0.30, 0.31, 0.32])
+    assert (s.loc["hwd", "ci_low"], s.loc["hwd", "ci_high"]) == pytest.approx((lo, hi))
+    assert math.isnan(s.loc["cwd", "ci_low"]) and math.isnan(s.loc["kd", "ci_low"])  # the reference; one seed
+    text = format_table(s.reset_index(), digits=2, scale=100)
+    assert "95% CI of diff" in text.splitlines()[0] and f"[{lo * 100:+.2f}, {hi * 100:+.2f}]" in text
+    assert "ci_low" not in summarize(df, ["distill.method"], reference={"distill.method": "cwd"})  # opt-in
+
+
+def test_contrast_directions():
+    from segdistill.summary import contrast
+
+    assert contrast([0.1, 0.11, 0.12], [0.2, 0.21, 0.22])["direction"] == "below"
+    assert contrast([0.2, 0.21, 0.22], [0.1, 0.11, 0.12])["direction"] == "above"
+    assert contrast([0.1, 0.2, 0.15], [0.12, 0.18, 0.16])["direction"] == "includes 0"
+    c = contrast([0.1], [0.2, 0.3])
+    assert c["direction"] == "n/a" and c["diff"] == pytest.approx(-0.15) and (c["n"], c["n_ref"]) == (1, 2)
