@@ -53,7 +53,30 @@ def test_smoke_preset(script, results):
                              out, re.M), f"{name!r} not done:\n{tail}"
         assert "ablation_beta-smoke trials: 4/4 done, 0 failed, 0 running, 0 pending" in out, tail
         assert "best val mIoU so far per setting: " in out, tail
+        assert "contrast beta=0.9 - beta=0.1 (final_miou): " in out and "95% CI of diff" in out, tail
         assert "Configuration for experiment" not in out and "Trial status:" not in out, tail  # Tune's tables: --verbose
+
+
+def test_ablation_beta_demo_design():
+    """Issue 16: the demo spends its budget on Fig. 6's claim: beta 0.1 vs 0.9 and CWD, 6 seeds each
+    (18 students, fewer than the old 12 settings x 2 seeds); --full-grid and the paper keep the grid."""
+    import importlib.util
+
+    from segdistill.study.cli_args import ablation_spec
+    from segdistill.study.presets import get_preset
+
+    spec_ = importlib.util.spec_from_file_location("ablation_beta", ROOT / "experiments" / "ablation_beta.py")
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    demo = get_preset("demo")
+    betas, taus = mod.grid(demo)
+    assert (betas, taus) == ((0.1, 0.9), ()) and mod.DEMO_SEEDS == 6
+    spec = ablation_spec("ablation_beta.py", demo.replace(seeds=tuple(range(mod.DEMO_SEEDS))), mod.variants(betas, taus))
+    assert sorted(v["tag.setting"] for v in spec.variants) == ["beta=0.1", "beta=0.9", "cwd"]
+    assert spec.num_trials() == 18 < 12 * 2 + 2
+    assert [c["setting"] for c in mod.CONTRAST] == ["beta=0.9", "beta=0.1"]
+    assert mod.grid(demo, full=True) == (mod.BETAS, mod.TAU_PRIMES)
+    assert mod.grid(get_preset("smoke")) == ((0.1, 0.9), (4.0,))
 
 
 @pytest.mark.ray
