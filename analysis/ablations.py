@@ -124,8 +124,9 @@ def _values(df: pd.DataFrame) -> np.ndarray:
     return pd.to_numeric(df[METRIC], errors="coerce").dropna().to_numpy(float) if not df.empty else np.zeros(0)
 
 
-def _ci_text(low: float, high: float, f: float) -> str:
-    return "" if pd.isna(low) or pd.isna(high) else f"[{low * f:+.2f}, {high * f:+.2f}]"
+def _ci_text(low: float, high: float, f: float, signed: bool = True) -> str:
+    fmt = "+.2f" if signed else ".2f"
+    return "" if pd.isna(low) or pd.isna(high) else f"[{low * f:{fmt}}, {high * f:{fmt}}]"
 
 
 def _series_table(series: dict[str, tuple[str, pd.DataFrame]], cwd: np.ndarray, f: float,
@@ -160,7 +161,7 @@ def _series_table(series: dict[str, tuple[str, pd.DataFrame]], cwd: np.ndarray, 
     display = pd.DataFrame({
         "setting": [label(s, p, v) for s, p, v in zip(data["series"], data["param"], data["value"])],
         "mIoU (%)" if f == 100 else "mIoU": [pm(m * f, s * f) for m, s in zip(data["mean"], data["std"])],
-        f"{CI_LEVEL:.0%} CI": [_ci_text(lo, hi, f) if s != "contrast" else ""
+        f"{CI_LEVEL:.0%} CI": [_ci_text(lo, hi, f, signed=False) if s != "contrast" else ""
                               for s, lo, hi in zip(data["series"], data["ci_low"], data["ci_high"])],
         "seeds": [f"{n} vs {r:g}" if s == "contrast" else str(n)
                   for s, n, r in zip(data["series"], data["n"], data.get("n_ref", pd.Series(math.nan, index=data.index)))],
