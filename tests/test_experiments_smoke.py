@@ -87,8 +87,9 @@ def test_benchmark_check_smoke(results):
     ``benchmark_check-smoke-*``; alpha/tau of each arm = the best sweep trial in Parquet; the three
     checks per instance and pooled, the protocols' seed stds and the cost printed, and a closing JSON
     line with the same numbers as the Parquet rows."""
+    # 2 instances x (teacher + 2 baseline + 2x2 distilled) + 2x2 sweep trials: 4-8 min on 2 loaded cores
     proc = _run(["experiments/benchmark_check.py", "--preset", "smoke", "--results", str(results), "--quiet"],
-                timeout=600)
+                timeout=900)
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, tail
     for text in ("(1) teacher - baseline", "(2) baseline seed std", "(3) cwd - baseline", "(3) hwd - baseline",
