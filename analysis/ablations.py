@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pandas as pd
-from segdistill.summary import compare_samples
+from segdistill.summary import compare_samples, contrast, mean_ci, welch_ci
 
 from .common import (
     BETA,
@@ -37,6 +37,7 @@ from .common import (
 )
 
 FIG3_BETAS = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
+CI_LEVEL = 0.95  # Fig. 6's intervals: t intervals of each mean, Welch intervals of each difference
 
 
 def smoothing(w: np.ndarray, beta: float) -> np.ndarray:
@@ -78,12 +79,16 @@ def _sweep_students(res: Results, script: str) -> pd.DataFrame:
 
 
 def _points(df: pd.DataFrame, x: str) -> pd.DataFrame:
-    """Mean/std (ddof=1)/n of the metric per value of ``x`` (sorted)."""
+    """Mean/std (ddof=1)/n of the metric per value of ``x`` (sorted), and the mean's CI_LEVEL t
+    interval (``ci_low`` / ``ci_high``, NaN for one seed)."""
     rows = []
     for value, g in df.groupby(x):
         mean, std, n = mean_std(g[METRIC])
-        rows.append({"value": float(value), "n": n, "mean": mean, "std": std, "values": g[METRIC].to_numpy(float)})
-    return pd.DataFrame(rows, columns=["value", "n", "mean", "std", "values"])
+        values = pd.to_numeric(g[METRIC], errors="coerce").dropna().to_numpy(float)
+        _, low, high = mean_ci(values, CI_LEVEL)
+        rows.append({"value": float(value), "n": n, "mean": mean, "std": std, "ci_low": low, "ci_high": high,
+                     "values": values})
+    return pd.DataFrame(rows, columns=["value", "n", "mean", "std", "ci_low", "ci_high", "values"])
 
 
 def _pair_of(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -119,43 +124,89 @@ def _values(df: pd.DataFrame) -> np.ndarray:
     return pd.to_numeric(df[METRIC], errors="coerce").dropna().to_numpy(float) if not df.empty else np.zeros(0)
 
 
-def _series_table(series: dict[str, tuple[str, pd.DataFrame]], cwd: np.ndarray, f: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _ci_text(low: float, high: float, f: float, signed: bool = True) -> str:
+    fmt = "+.2f" if signed else ".2f"
+    return "" if pd.isna(low) or pd.isna(high) else f"[{low * f:{fmt}}, {high * f:{fmt}}]"
+
+
+def _series_table(series: dict[str, tuple[str, pd.DataFrame]], cwd: np.ndarray, f: float,
+                  contrasts: list[dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per setting (mean, std, n, the mean's CI; difference to CWD with its Welch CI, p and
+    verdict), the CWD row, and one row per planned ``contrasts`` entry (series "contrast": the
+    difference of two settings, e.g. the largest minus the smallest beta, with its Welch CI)."""
     rows = []
     for name, (param, pts) in series.items():
         for r in pts.itertuples(index=False):
             cmp = compare_samples(r.values, cwd)
+            _, low, high = welch_ci(r.values, cwd, CI_LEVEL)
             rows.append({"series": name, "param": param, "value": r.value, "n": r.n, "mean": r.mean, "std": r.std,
-                         "diff_vs_cwd": cmp["diff"], "p_value": cmp["p_value"], "verdict": cmp["verdict"]})
+                         "ci_low": r.ci_low, "ci_high": r.ci_high, "diff_vs_cwd": cmp["diff"],
+                         "diff_ci_low": low, "diff_ci_high": high, "p_value": cmp["p_value"], "verdict": cmp["verdict"]})
     if len(cwd):
         mean, std, n = mean_std(pd.Series(cwd))
+        _, low, high = mean_ci(cwd, CI_LEVEL)
         rows.append({"series": "CWD", "param": "", "value": math.nan, "n": n, "mean": mean, "std": std,
-                     "diff_vs_cwd": 0.0, "p_value": math.nan, "verdict": "reference"})
+                     "ci_low": low, "ci_high": high, "diff_vs_cwd": 0.0, "diff_ci_low": math.nan,
+                     "diff_ci_high": math.nan, "p_value": math.nan, "verdict": "reference"})
+    for c in contrasts or []:
+        rows.append({"series": "contrast", "param": c["label"], "value": math.nan, "n": c["n"], "n_ref": c["n_ref"],
+                     "mean": math.nan,
+                     "std": math.nan, "ci_low": math.nan, "ci_high": math.nan, "diff_vs_cwd": math.nan,
+                     "contrast_diff": c["diff"], "diff_ci_low": c["ci_low"], "diff_ci_high": c["ci_high"],
+                     "p_value": c["p_value"], "verdict": c["verdict"]})
     data = pd.DataFrame(rows)
+    if "contrast_diff" not in data:
+        data["contrast_diff"] = math.nan
+    label = lambda s, p, v: (p if s == "contrast" else s if not p else f"{p}={v:g}")  # noqa: E731
     display = pd.DataFrame({
-        "setting": [s if not p else f"{p}={v:g}" for s, p, v in zip(data["series"], data["param"], data["value"])],
+        "setting": [label(s, p, v) for s, p, v in zip(data["series"], data["param"], data["value"])],
         "mIoU (%)" if f == 100 else "mIoU": [pm(m * f, s * f) for m, s in zip(data["mean"], data["std"])],
-        "seeds": data["n"],
-        "Δ CWD": ["" if pd.isna(d) else f"{d * f:+.2f}" for d in data["diff_vs_cwd"]],
+        f"{CI_LEVEL:.0%} CI": [_ci_text(lo, hi, f, signed=False) if s != "contrast" else ""
+                              for s, lo, hi in zip(data["series"], data["ci_low"], data["ci_high"])],
+        "seeds": [f"{n} vs {r:g}" if s == "contrast" else str(n)
+                  for s, n, r in zip(data["series"], data["n"], data.get("n_ref", pd.Series(math.nan, index=data.index)))],
+        "Δ CWD (or contrast)": ["" if pd.isna(d) and pd.isna(c) else f"{(c if pd.isna(d) else d) * f:+.2f}"
+                                for d, c in zip(data["diff_vs_cwd"], data["contrast_diff"])],
+        f"{CI_LEVEL:.0%} CI of Δ": [_ci_text(lo, hi, f) for lo, hi in zip(data["diff_ci_low"], data["diff_ci_high"])],
         "vs seed noise": data["verdict"],
     })
     return data, display
 
 
-def _plot_series(ax, pts: pd.DataFrame, f: float, label: str, marker: str, colour: str = "#d62728") -> None:
-    ax.errorbar(pts["value"], pts["mean"] * f, yerr=(pts["std"].fillna(0.0) * f), marker=marker, ms=4, capsize=2,
-                color=colour, label=label)
+def _beta_contrast(pts: pd.DataFrame) -> dict | None:
+    """The planned contrast of Fig. 6's claim (weak smoothing, beta -> 1, hurts): the largest beta
+    minus the smallest, with its Welch CI_LEVEL interval; None with fewer than 2 settings."""
+    if len(pts) < 2:
+        return None
+    lo, hi = pts.iloc[0], pts.iloc[-1]
+    c = contrast(hi["values"], lo["values"], level=CI_LEVEL)
+    c["label"] = f"β={hi['value']:g} − β={lo['value']:g}"
+    c["verdict"] = {"below": "below 0 beyond seed noise", "above": "above 0 beyond seed noise",
+                    "includes 0": "not resolved (CI includes 0)", "n/a": "n/a (single seed)"}[c["direction"]]
+    return c
 
 
-def _cwd_line(ax, cwd: np.ndarray, f: float) -> None:
+def _plot_series(ax, pts: pd.DataFrame, f: float, label: str, marker: str, colour: str = "#d62728",
+                 ci: bool = False) -> None:
+    """Mean per setting with error bars: ± std over seeds, or (``ci``) the mean's CI_LEVEL t interval."""
+    if ci:
+        yerr = np.vstack([(pts["mean"] - pts["ci_low"]).fillna(0.0), (pts["ci_high"] - pts["mean"]).fillna(0.0)]) * f
+    else:
+        yerr = pts["std"].fillna(0.0) * f
+    ax.errorbar(pts["value"], pts["mean"] * f, yerr=yerr, marker=marker, ms=4, capsize=2, color=colour, label=label)
+
+
+def _cwd_line(ax, cwd: np.ndarray, f: float, ci: bool = False) -> None:
     if len(cwd):
-        _cwd_hline(ax, *mean_std(pd.Series(cwd)), f)
+        _cwd_hline(ax, *mean_std(pd.Series(cwd)), f, band=mean_ci(cwd, CI_LEVEL)[1:] if ci else None)
 
 
-def _cwd_hline(ax, mean: float, std: float, n: int, f: float) -> None:
-    """CWD as a dashed line (paper Figs. 6/7), its mean ± std over seeds shaded."""
+def _cwd_hline(ax, mean: float, std: float, n: int, f: float, band: tuple[float, float] | None = None) -> None:
+    """CWD as a dashed line (paper Figs. 6/7), its mean ± std over seeds (or ``band``) shaded."""
     ax.axhline(mean * f, color=method_colour("CWD"), linestyle="--", label=f"CWD (n={n})")
-    if n >= 2 and not math.isnan(std):
-        ax.axhspan((mean - std) * f, (mean + std) * f, color=method_colour("CWD"), alpha=0.12, linewidth=0)
+    low, high = band if band is not None else (mean - std, mean + std)
+    if n >= 2 and not (math.isnan(low) or math.isnan(high)):
+        ax.axhspan(low * f, high * f, color=method_colour("CWD"), alpha=0.12, linewidth=0)
 
 
 def _ylabel(f: float) -> str:
@@ -185,28 +236,34 @@ def fig6_beta(res: Results, report: Report) -> None:
             cwd = _values(cwd_rows)
             f = percent_factor(pd.concat([b.get("mean", pd.Series(dtype=float)), s.get("mean", pd.Series(dtype=float)),
                                           pd.Series(cwd)]))
-            fig, axes = plt.subplots(1, 2, figsize=(FULL_W, 2.5), sharey=True)
-            for ax, pts, xlabel, label in ((axes[0], b, "β (smoothing, Eq. 7; log scale)", "HWD, smoothing β"),
-                                           (axes[1], s, "τ' (softmax temperature)", "HWD, softmax with τ'")):
-                if not pts.empty:
-                    _plot_series(ax, pts, f, label, "o")
-                    if label.endswith("β"):
-                        ax.set_xscale("log")
-                _cwd_line(ax, cwd, f)
+            panels = [(b, "β (smoothing, Eq. 7; log scale)", "HWD, smoothing β"),
+                      (s, "τ' (softmax temperature)", "HWD, softmax with τ'")]
+            panels = [pn for pn in panels if not pn[0].empty]  # the demo runs the beta contrast only
+            fig, axes = plt.subplots(1, len(panels), figsize=(FULL_W if len(panels) == 2 else COLUMN_W, 2.5),
+                                     sharey=True, squeeze=False)
+            for ax, (pts, xlabel, label) in zip(axes[0], panels):
+                _plot_series(ax, pts, f, label, "o", ci=True)
+                if label.endswith("β"):
+                    ax.set_xscale("log")
+                _cwd_line(ax, cwd, f, ci=True)
                 ax.set_xlabel(xlabel)
                 ax.grid(alpha=0.3)
                 ax.legend(loc="best")
-            axes[0].set_ylabel(_ylabel(f))
-            fig.suptitle(f"Smoothing ablation (paper Fig. 6), {dataset}, student {student}: mean ± std over seeds",
-                         fontsize=8.5)
+            axes[0][0].set_ylabel(_ylabel(f))
+            c = _beta_contrast(b) if not b.empty else None
+            ctext = (f"; {c['label']} = {c['diff'] * f:+.2f} {_ci_text(c['ci_low'], c['ci_high'], f)}" if c else "")
+            fig.suptitle(f"Smoothing ablation (paper Fig. 6), {dataset}, student {student}: mean and "
+                         f"{CI_LEVEL:.0%} CI over seeds{ctext}", fontsize=8.5 if len(panels) == 2 else 7)
             fig.tight_layout()
             name = slug("fig6_beta", dataset, student)
             paths = save_figure(report, name, fig)
             series = {k: v for k, v in {"HWD smoothing": ("beta", b), "softmax": ("tau'", s)}.items() if not v[1].empty}
-            data, display = _series_table(series, cwd, f)
+            data, display = _series_table(series, cwd, f, [c] if c else None)
             paths += save_table(report, name, data, display,
                                 caption=f"beta / tau' ablation, {dataset}, student {student}: mean ± std over seeds, "
-                                        "Welch's t-test against CWD")
+                                        f"{CI_LEVEL:.0%} t interval of each mean, difference to CWD with its "
+                                        f"Welch {CI_LEVEL:.0%} interval and t-test; 'contrast': the largest β "
+                                        "minus the smallest (Fig. 6's claim: weak smoothing, β -> 1, hurts)")
             report.add("fig6", f"Fig. 6 beta / tau' ablation ({dataset}, {student})", paths,
                        pd.concat([b_rows, s_rows, cwd_rows]))
             made = True

@@ -170,6 +170,16 @@ def test_ablation_tables(report):
     assert (cwd["mean"], cwd["n"]) == pytest.approx((np.mean(fx.CWD_REF["ablation_beta"]), 2))  # own study's CWD
     assert smooth.loc[0.5, "diff_vs_cwd"] == pytest.approx(m - np.mean(fx.CWD_REF["ablation_beta"]))
     assert set(beta[beta["series"] == "softmax"]["value"]) == set(fx.TAU_PRIMES)
+    # issue 16: each mean's 95% t interval, each difference's Welch interval, the planned beta contrast
+    t2 = 12.706204736  # t_{0.975} with 1 degree of freedom (2 seeds)
+    assert (smooth.loc[0.5, "ci_low"], smooth.loc[0.5, "ci_high"]) == pytest.approx((m - t2 * s / math.sqrt(2),
+                                                                                     m + t2 * s / math.sqrt(2)))
+    assert smooth.loc[0.5, "diff_ci_low"] < smooth.loc[0.5, "diff_vs_cwd"] < smooth.loc[0.5, "diff_ci_high"]
+    con = beta[beta["series"] == "contrast"].iloc[0]
+    hi, lo = max(fx.BETAS), min(fx.BETAS)
+    assert con["param"] == f"β={hi:g} − β={lo:g}"
+    assert con["contrast_diff"] == pytest.approx(fx.BETAS[hi] - fx.BETAS[lo])
+    assert con["diff_ci_low"] < con["contrast_diff"] < con["diff_ci_high"]
     mu = _csv(report, f"fig7_mu_{PAIR}")
     assert mu[mu["series"] == "CWD"]["mean"].iloc[0] == pytest.approx(fx.CWD_REF["ablation_mu"][0])
     assert mu.set_index("value").loc[-1.0, "verdict"] == "n/a (single seed)"

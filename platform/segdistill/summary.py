@@ -103,6 +103,73 @@ def difference_se(x: Sequence[float], ref: Sequence[float]) -> tuple[float, floa
     return diff, math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
 
 
+def t_critical(df: float, level: float = 0.95) -> float:
+    """The two-sided Student t critical value: ``t`` with P(|T| >= t) = 1 - ``level`` for ``df``
+    degrees of freedom (bisection on :func:`t_two_sided_p`; ``df`` may be fractional, as Welch's is).
+    NaN for df <= 0 or NaN; 1.959964 (normal) as df -> inf."""
+    if df is None or math.isnan(df) or df <= 0 or not 0.0 < level < 1.0:
+        return math.nan
+    alpha = 1.0 - level
+    if math.isinf(df):
+        df = 1e12
+    lo, hi = 0.0, 1.0
+    while t_two_sided_p(hi, df) > alpha:  # p falls as t grows; double until it brackets
+        lo, hi = hi, hi * 2.0
+        if hi > 1e12:
+            return math.inf
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_two_sided_p(mid, df) > alpha:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def mean_ci(x: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of the finite values of ``x`` and its ``level`` t interval
+    (mean +/- t_{n-1} s / sqrt(n), sample std ddof=1). The bounds are NaN unless n >= 2."""
+    a = np.asarray(x, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if len(a) == 0:
+        return math.nan, math.nan, math.nan
+    m = float(a.mean())
+    if len(a) < 2:
+        return m, math.nan, math.nan
+    half = t_critical(len(a) - 1, level) * float(a.std(ddof=1)) / math.sqrt(len(a))
+    return m, m - half, m + half
+
+
+def welch_ci(x: Sequence[float], ref: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """``(diff, low, high)``: mean(x) - mean(ref) and its Welch ``level`` interval,
+    diff +/- t_{df} * SE with SE from :func:`difference_se` and the Welch-Satterthwaite df (the
+    interval :func:`welch_t_test` inverts: 0 lies outside the 95% interval exactly when p < 0.05).
+    The bounds are NaN unless both samples have n >= 2; a zero SE gives the interval [diff, diff]."""
+    diff, se = difference_se(x, ref)
+    if math.isnan(se):
+        return diff, math.nan, math.nan
+    if se == 0.0:
+        return diff, diff, diff
+    df = welch_t_test(x, ref)[1]
+    half = t_critical(df, level) * se
+    return diff, diff - half, diff + half
+
+
+def contrast(x: Sequence[float], ref: Sequence[float], *, level: float = 0.95) -> dict[str, Any]:
+    """mean(x) - mean(ref) with its Welch ``level`` interval and p-value, and where the interval lies:
+    ``direction`` is "below" (whole interval < 0), "above" (> 0), "includes 0", or "n/a" (n < 2)."""
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(ref, dtype=np.float64)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    diff, low, high = welch_ci(a, b, level)
+    _, df, p = welch_t_test(a, b)
+    direction = ("n/a" if math.isnan(low) else "below" if high < 0 else "above" if low > 0 else "includes 0")
+    return {"diff": diff, "ci_low": low, "ci_high": high, "level": level, "p_value": p, "df": df,
+            "n": len(a), "n_ref": len(b), "direction": direction}
+
+
 # -- summaries ------------------------------------------------------------------------------
 
 def _matches(df: pd.DataFrame, values: Mapping[str, Any]) -> pd.Series:
@@ -122,7 +189,8 @@ def _isna(value: Any) -> bool:
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str], metric: str = "best_miou",
-              reference: Mapping[str, Any] | None = None, *, alpha: float = 0.05) -> pd.DataFrame:
+              reference: Mapping[str, Any] | None = None, *, alpha: float = 0.05,
+              ci: float | None = None) -> pd.DataFrame:
     """Per-group n / mean / std of ``metric`` (NaNs ignored), optionally against a reference.
 
     ``reference`` picks the reference rows by column values, e.g. ``{"distill.method": "cwd"}``.
@@ -131,7 +199,8 @@ def summarize(df: pd.DataFrame, by: Sequence[str], metric: str = "best_miou",
     reference rows. Added columns: ``ref_n``, ``ref_mean``, ``diff`` (mean - ref_mean), ``p_value``
     (Welch, two-sided), ``significant`` (nullable bool: ``<NA>`` unless both n >= 2) and ``verdict``
     ("reference", "p<0.05: above seed noise", "within seed noise", "n/a (single seed)",
-    "no reference rows").
+    "no reference rows"). ``ci`` (e.g. 0.95) with a reference adds ``ci_low`` / ``ci_high``: the
+    Welch interval of ``diff`` at that level (:func:`welch_ci`; NaN unless both n >= 2).
     """
     by = list(by)
     if metric not in df:
@@ -140,7 +209,8 @@ def summarize(df: pd.DataFrame, by: Sequence[str], metric: str = "best_miou",
     if missing:
         raise KeyError(f"group columns {missing} not in the table; columns are {list(df.columns)}")
     base_cols = [*by, "n", "mean", "std"]
-    ref_cols = ["ref_n", "ref_mean", "diff", "p_value", "significant", "verdict"]
+    ref_cols = ["ref_n", "ref_mean", "diff", *(["ci_low", "ci_high"] if ci else []), "p_value", "significant",
+                "verdict"]
     if df.empty:
         return pd.DataFrame(columns=base_cols + (ref_cols if reference else []))
     values = pd.to_numeric(df[metric], errors="coerce")
@@ -152,7 +222,7 @@ def summarize(df: pd.DataFrame, by: Sequence[str], metric: str = "best_miou",
         row.update(n=len(x), mean=float(x.mean()) if len(x) else math.nan,
                    std=float(x.std(ddof=1)) if len(x) >= 2 else math.nan)
         if reference:
-            row.update(_compare(df, values, row, by, reference, x, alpha))
+            row.update(_compare(df, values, row, by, reference, x, alpha, ci))
         rows.append(row)
     out = pd.DataFrame(rows, columns=base_cols + (ref_cols if reference else []))
     out["n"] = out["n"].astype("int64")
@@ -163,7 +233,7 @@ def summarize(df: pd.DataFrame, by: Sequence[str], metric: str = "best_miou",
 
 
 def _compare(df: pd.DataFrame, values: pd.Series, row: Mapping[str, Any], by: list[str],
-             reference: Mapping[str, Any], x: np.ndarray, alpha: float) -> dict[str, Any]:
+             reference: Mapping[str, Any], x: np.ndarray, alpha: float, ci: float | None = None) -> dict[str, Any]:
     strata = {c: row[c] for c in by if c not in reference}
     is_ref = all(c in row and (row[c] == v or (_isna(row[c]) and _isna(v))) for c, v in reference.items())
     ref = values[_matches(df, {**reference, **strata})].dropna().to_numpy(np.float64)
@@ -172,10 +242,14 @@ def _compare(df: pd.DataFrame, values: pd.Series, row: Mapping[str, Any], by: li
     if len(ref) == 0 or len(x) == 0:
         res["verdict"] = "no reference rows" if len(ref) == 0 else "no values"
         return res
+    if ci:
+        res.update(ci_low=math.nan, ci_high=math.nan)
     if is_ref:
         res.update(diff=0.0, verdict="reference")
         return res
     res.update(compare_samples(x, ref, alpha=alpha))
+    if ci:
+        _, res["ci_low"], res["ci_high"] = welch_ci(x, ref, ci)
     return res
 
 
@@ -210,17 +284,20 @@ def _fmt(value: Any, digits: int) -> str:
     return str(value)
 
 
-def format_table(df: pd.DataFrame, *, digits: int = 4, scale: float = 1.0) -> str:
+def format_table(df: pd.DataFrame, *, digits: int = 4, scale: float = 1.0, ci_label: str = "95%") -> str:
     """A :func:`summarize` frame as an aligned text table with ``mean +/- std`` (``scale`` multiplies
-    mean/std/diff, e.g. 100 for percent). Single-seed groups print ``mean (n=1)``."""
+    mean/std/diff, e.g. 100 for percent). Single-seed groups print ``mean (n=1)``. A frame with
+    ``ci_low`` / ``ci_high`` (``summarize(ci=...)``) gets a ``"<ci_label> CI of diff"`` column."""
     if df.empty:
         return "(no results)"
-    stat_cols = {"n", "mean", "std", "ref_n", "ref_mean", "diff", "p_value", "significant", "verdict"}
+    stat_cols = {"n", "mean", "std", "ref_n", "ref_mean", "diff", "ci_low", "ci_high", "p_value", "significant",
+                 "verdict"}
     group_cols = [c for c in df.columns if c not in stat_cols]
     headers = [*group_cols, "n", "mean +/- std"]
     has_ref = "diff" in df
+    has_ci = "ci_low" in df
     if has_ref:
-        headers += ["diff vs ref", "p (Welch)", "verdict"]
+        headers += ["diff vs ref", *([f"{ci_label} CI of diff"] if has_ci else []), "p (Welch)", "verdict"]
     lines = []
     for _, r in df.iterrows():
         mean, std = r["mean"] * scale, r["std"] * scale
@@ -230,12 +307,16 @@ def format_table(df: pd.DataFrame, *, digits: int = 4, scale: float = 1.0) -> st
         cells = [_fmt(r[c], digits) for c in group_cols] + [str(int(r["n"])), ms]
         if has_ref:
             diff = r["diff"] * scale
-            cells += [("n/a" if _isna(diff) else f"{diff:+.{digits}f}"), _fmt(r["p_value"], 3), str(r["verdict"])]
+            cells += [("n/a" if _isna(diff) else f"{diff:+.{digits}f}")]
+            if has_ci:
+                lo, hi = r["ci_low"] * scale, r["ci_high"] * scale
+                cells += ["" if _isna(lo) else f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"]
+            cells += [_fmt(r["p_value"], 3), str(r["verdict"])]
         lines.append(cells)
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
     fmt_row = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt_row(headers), fmt_row(["-" * w for w in widths]), *(fmt_row(c) for c in lines)])
 
 
-__all__ = ["summarize", "format_table", "compare_samples", "difference_se", "welch_t_test", "t_two_sided_p",
-           "betainc", "SINGLE_SEED"]
+__all__ = ["summarize", "format_table", "compare_samples", "difference_se", "welch_t_test", "welch_ci", "mean_ci", "contrast",
+           "t_critical", "t_two_sided_p", "betainc", "SINGLE_SEED"]

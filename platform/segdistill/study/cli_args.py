@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from ..config import ConfigError
-from .presets import PRESETS, Preset, get_preset
+from .presets import PRESETS, REPORTED_METRIC, Preset, get_preset
 from .spec import StudySpec
 
 
@@ -238,13 +238,22 @@ def script_main(main: Callable[[], int]) -> int:
         return main()
 
 
+def _students(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df.get("role", pd.Series("student", index=df.index)) != "teacher"] if not df.empty else df
+
+
 def report(df: pd.DataFrame, args: argparse.Namespace, spec: StudySpec, *, by: Sequence[str],
-           reference: Mapping[str, Any] | None = None, metric: str = "best_miou", title: str = "") -> None:
-    """Print the summary table (mean +/- std over seeds, Welch test against ``reference``),
-    the trial status counts, where the results are and how to make the figures."""
+           reference: Mapping[str, Any] | None = None, metric: str = REPORTED_METRIC, title: str = "",
+           ci: float | None = 0.95, contrast: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
+           claim: str = "", expect: str = "below") -> dict[str, Any] | None:
+    """Print the summary table (mean +/- std over seeds, difference to ``reference`` with its Welch
+    ``ci`` interval and test), the trial status counts, where the results are and how to make the
+    figures. ``metric``: the preset-independent reported protocol (``presets.REPORTED_METRIC``).
+    ``contrast=(x, ref)``: also print that planned contrast (:func:`report_contrast`, with ``claim`` /
+    ``expect``) under the table, and return its numbers."""
     from ..summary import format_table, summarize
 
-    students = df[df.get("role", pd.Series("student", index=df.index)) != "teacher"] if not df.empty else df
+    students = _students(df)
     by = [c for c in by if c in students.columns]
     print()
     print(f"== {title or spec.name}: {metric} (mean +/- std over seeds; 'verdict' tests against seed noise) ==")
@@ -257,15 +266,59 @@ def report(df: pd.DataFrame, args: argparse.Namespace, spec: StudySpec, *, by: S
         if done.empty:
             print("(no student trial finished)")
         else:
-            print(format_table(summarize(done, by=by, metric=metric, reference=ref)))
+            print(format_table(summarize(done, by=by, metric=metric, reference=ref, ci=ci if ref else None),
+                               ci_label=f"{ci:.0%}" if ci else "95%"))
         counts = students["status"].value_counts().to_dict() if "status" in students else {}
         print(f"trials: {len(students)} ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})")
+    out = None
+    if contrast is not None:
+        out = report_contrast(df, *contrast, metric=metric, level=ci or 0.95, claim=claim, expect=expect)
     teachers = df[df["role"] == "teacher"] if "role" in df else df.iloc[0:0]
     for _, t in teachers.iterrows():
-        print(f"teacher {t.get('model.arch')}: best mIoU {t.get('best_miou', float('nan')):.4f}")
+        print(f"teacher {t.get('model.arch')}: {metric} {t.get(metric, float('nan')):.4f}, "
+              f"best mIoU {t.get('best_miou', float('nan')):.4f}")
     root = Path(args.results).resolve()
     wall = df.attrs.get("wall_time_s")
     if wall is not None:
         print(f"wall time: {wall:.1f} s")
     print(f"results: {root / spec.name} (Parquet tables: trials, per_class, curves)")
     print(f"figures: python -m analysis --results {args.results} --out reports")
+    return out
+
+
+def report_contrast(df: pd.DataFrame, x: Mapping[str, Any], ref: Mapping[str, Any], *, metric: str = REPORTED_METRIC,
+                    level: float = 0.95, claim: str = "", expect: str = "below") -> dict[str, Any]:
+    """Print one planned contrast: mean(metric | rows matching ``x``) - mean(metric | ``ref``) with its
+    Welch ``level`` interval, and what it says about ``claim`` (which predicts the difference
+    ``expect`` = "below" or "above" 0): reproduced / contradicted beyond seed noise, or not resolved
+    (the interval includes 0). Returns the numbers (:func:`segdistill.summary.contrast`) plus ``outcome``."""
+    from ..summary import contrast
+
+    students = _students(df)
+    if "status" in students:  # an interrupted row is no result
+        students = students[students["status"] != "interrupted"]
+    name = lambda key: str(key["setting"]) if "setting" in key else " ".join(f"{k}={v}" for k, v in key.items())  # noqa: E731
+
+    def values(key: Mapping[str, Any]) -> pd.Series:
+        if students.empty or any(k not in students for k in key) or metric not in students:
+            return pd.Series(dtype=float)
+        mask = pd.Series(True, index=students.index)
+        for k, v in key.items():
+            mask &= students[k] == v
+        return pd.to_numeric(students.loc[mask, metric], errors="coerce").dropna()
+
+    c = contrast(values(x), values(ref), level=level)
+    if c["direction"] == "n/a":
+        outcome = "not resolved: needs >= 2 seeds per side"
+    elif c["direction"] == "includes 0":
+        outcome = f"not resolved at these seeds: the {level:.0%} interval includes 0 ({claim} not reproduced)"
+    elif c["direction"] == expect:
+        outcome = f"resolved beyond seed noise: {claim} reproduced"
+    else:
+        outcome = f"resolved beyond seed noise in the other direction: {claim} contradicted"
+    c["outcome"] = outcome
+    lo, hi = c["ci_low"], c["ci_high"]
+    ci_text = "n/a" if lo != lo else f"[{lo:+.4f}, {hi:+.4f}]"
+    print(f"contrast {name(x)} - {name(ref)} ({metric}): {c['diff']:+.4f}, {level:.0%} CI {ci_text} "
+          f"(Welch, n = {c['n']} vs {c['n_ref']}, p = {c['p_value']:.3g}): {outcome}")
+    return c
