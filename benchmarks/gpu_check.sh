@@ -11,11 +11,11 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=platform
 PY=${PY:-python3}
 if [ "${SMOKE:-0}" = 1 ]; then
   DEV=cpu; STEP="--size 48 --classes 5 --batch 2 --iters 1 --warm 1 --teacher deeplabv3_tiny_r101 --student deeplabv3_tiny_r18"
-  LOADER="--workers 0,2 --images 8 --size 64 --batch 4 --iters 3 --steady 1"; COHORT="--k 2 --size 40 --classes 5 --batch 2 --iterations 2 --train-images 6"
+  LOADER="--workers 0,2 --images 8 --size 64 --batch 4 --iters 3 --steady 1"; COHORT="--k 2 --size 40 --classes 5 --batch 2 --warmup 1 --iterations 1 --train-images 6"
 else
   DEV=cuda; STEP="--iters 15 --warm 5"
   LOADER="--workers 4,8,14 --images 96 --size 512 --batch 16 --iters 40 --steady 10"
-  COHORT="--device cuda --k 4 --size 512 --classes 150 --batch 16 --teacher deeplabv3_r101 --student deeplabv3_r18 --iterations 20 --train-images 64"
+  COHORT="--device cuda --k 4 --size 512 --classes 150 --batch 16 --teacher deeplabv3_r101 --student deeplabv3_r18 --warmup 5 --iterations 15 --train-images 64"
   nvidia-smi -L | tee "$OUT/gpu.txt"
 fi
 $PY -c "import torch; print(torch.__version__, torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"

@@ -6,9 +6,9 @@
 set -u
 PY=${PY:-python3}; export PYTHONUNBUFFERED=1 PYTHONPATH=platform
 if [ "${SMOKE:-0}" = 1 ]; then
-  ARGS="--device cpu --k 2 --size 40 --classes 5 --batch 2 --iterations 3 --train-images 6"
+  ARGS="--device cpu --k 2 --size 40 --classes 5 --batch 2 --warmup 1 --iterations 2 --train-images 6"
 else
-  ARGS="--device cuda --k 2 --size 512 --classes 150 --batch 16 --teacher deeplabv3_r101 --student deeplabv3_r18 --iterations 20 --train-images 64"
+  ARGS="--device cuda --k 2 --size 512 --classes 150 --batch 16 --teacher deeplabv3_r101 --student deeplabv3_r18 --warmup 5 --iterations 15 --train-images 64"
 fi
 timeout 150 $PY benchmarks/cohort.py $ARGS --modes separate,separate2,cohort,cohort_cached; echo "default rc=$?"
 timeout 200 $PY benchmarks/cohort.py $ARGS --modes separate,separate2,cohort --deterministic; echo "deterministic rc=$?"
