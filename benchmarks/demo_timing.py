@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,16 +124,26 @@ def run_timed(cmd: list[str], *, env: dict[str, str], period: float, echo: bool,
     watcher.start()
     lines: list[tuple[float, str]] = []
     assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append((time.monotonic(), line.rstrip("\n")))
-        if echo:
-            print(f"  | {line.rstrip()}", flush=True)
-    rc = proc.wait()
+    interrupted = False
+    try:
+        for line in proc.stdout:
+            lines.append((time.monotonic(), line.rstrip("\n")))
+            if echo:
+                print(f"  | {line.rstrip()}", flush=True)
+        rc = proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (timeout): stop the job (it shuts its Ray down), keep the marks
+        interrupted = True
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
     t1 = time.monotonic()
     sampler.stop.set()
     sampler.join()
     watcher.join(timeout=1)
-    return {"rc": rc, "t0": t0, "t1": t1, "lines": lines, "sampler": sampler,
+    return {"rc": rc, "t0": t0, "t1": t1, "lines": lines, "sampler": sampler, "interrupted": interrupted,
             "cache_at": cache_seen[0] if cache_seen else None}
 
 
@@ -209,16 +220,27 @@ def main() -> None:
     print(f"timing ablation_beta --preset {a.preset} into {results} ({cores} cores, load average "
           f"{load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f})", flush=True)
 
+    def on_term(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     study = run_timed([sys.executable, "experiments/ablation_beta.py", "--preset", a.preset, "--results",
                        str(results), "--progress", "plain"], env=env, period=a.sample, echo=a.echo,
                       watch_dir=results / "_zoo" / "_logits")
-    if study["rc"] != 0:
+    failed = study["rc"] != 0 or study["interrupted"]
+    if failed:
         print("\n".join(line for _, line in study["lines"][-40:]), file=sys.stderr)
-        raise SystemExit(f"the study exited with {study['rc']}")
     marks = study_marks(study)
+    missing = [m for m in ("ray", "teacher_start", "teacher_end", "students_start", "students_end") if m not in marks]
+    if failed:  # what was seen before it ended: the unfinished phase runs to the exit
+        for end, start in (("ray", "launch"), ("teacher_start", "ray"), ("teacher_end", "teacher_start"),
+                           ("students_start", "teacher_end"), ("students_end", "students_start")):
+            if end not in marks and start in marks:
+                marks[end] = study["t1"]
+                break
     rows = phase_rows(marks, study["sampler"], cores)
     total = cpu_row("study", study["t0"], study["t1"], study["sampler"], cores)
-    if not a.no_analysis:
+    if not a.no_analysis and not failed:
         ana = run_timed([sys.executable, "-m", "analysis", "--results", str(results), "--out", str(results / "reports")],
                         env=env, period=a.sample, echo=a.echo)
         if ana["rc"] != 0:
@@ -234,18 +256,23 @@ def main() -> None:
               f"{fmt(r['machine_cores']):>14}")
     print(f"total (study + analysis): {wall:.1f} s = {wall / 60:.1f} min on {cores} cores; load average before "
           f"{load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
-    missing = [m for m in ("ray", "teacher_start", "teacher_end", "students_start", "students_end") if m not in marks]
     if missing:
         print(f"(phase marks not seen: {', '.join(missing)}; their phases are left out)")
+    if failed:
+        print(f"INCOMPLETE: the study {'was interrupted' if study['interrupted'] else 'failed'} (rc {study['rc']}); "
+              "the last phase shown ran until then")
     out = {"demo_timing": {"preset": a.preset, "cores": cores, "total_s": round(wall, 1),
                            "study_s": total["wall_s"], "study_demo_cores": total["demo_cores"],
                            "study_machine_cores": total["machine_cores"], "phases": rows,
                            "loadavg_before": [round(x, 2) for x in load_before],
                            "loadavg_after": [round(x, 2) for x in load_after], "marks_missing": missing,
+                           "complete": not failed, "rc": study["rc"],
                            "results": str(results) if a.keep or a.results else None}}
     if not a.keep and not a.results:
         shutil.rmtree(results, ignore_errors=True)
     print(json.dumps(out))
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -403,7 +403,9 @@ def train_teachers(entries: Sequence[ZooEntry], zoo: TeacherZoo, spec: StudySpec
         variants.append(flat)
     base_flat = spec.base.to_flat()
     names = setting_names(variants, base_flat, explicit=[teacher_name(e.cfg) for e in entries])
-    resources = teacher_resources(spec.resources, shape, info.resources, len(entries), largest_node_cpus())
+    # only on a Ray of our own: on a joined cluster other jobs may hold CPUs a teacher would wait for
+    resources = (teacher_resources(spec.resources, shape, info.resources, len(entries), largest_node_cpus())
+                 if info.started_here else spec.resources)
     ctx = TrialContext(study=RECORD_STUDY, results_root=str(zoo.records_root), runs_root=str(zoo.root / "_runs"),
                        storage_path=str(zoo.root / "_ray"), base_flat=base_flat, variants=tuple(variants),
                        tags={**dict(spec.tags), "role": "teacher"}, shape=shape, resources=resources,
@@ -418,11 +420,11 @@ def train_teachers(entries: Sequence[ZooEntry], zoo: TeacherZoo, spec: StudySpec
 
 def teacher_resources(students: Resources, shape: str, cluster: Mapping[str, float], teachers: int,
                       node_cpus: float | None = None) -> Resources:
-    """What each of ``teachers`` teacher trials holds: on CPU-only inline trials, an equal share of the
-    cluster's CPUs (at most one node's, ``node_cpus``; at least the students' ``cpus``), so that a lone
-    teacher trains on every core (its ``run.threads``, when 0, follows:
-    :func:`~segdistill.study.trial.trial_threads`) instead of on one while the others idle; otherwise
-    the students' resources."""
+    """What each of ``teachers`` teacher trials holds (on a Ray the study started): on CPU-only
+    inline trials, an equal share of the cluster's CPUs (at most one node's, ``node_cpus``; at least
+    the students' ``cpus``), so that a lone teacher trains on every core (its ``run.threads``, when 0,
+    follows: :func:`~segdistill.study.trial.trial_threads`) instead of on one while the others idle;
+    otherwise the students' resources."""
     if shape != "inline" or students.gpus > 0:
         return students
     share = float(cluster.get("CPU", 0.0)) / max(1, teachers)
