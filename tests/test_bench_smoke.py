@@ -65,7 +65,7 @@ def test_cohort_benchmark_cpu_smoke():
 
 
 def _run_script(script: str, tmp_path: Path) -> str:
-    proc = subprocess.run(["bash", script], capture_output=True, text=True, timeout=600, cwd=ROOT,
+    proc = subprocess.run(["bash", script], capture_output=True, text=True, timeout=1800, cwd=ROOT,
                           env={**os.environ, "SMOKE": "1", "PY": sys.executable, "OUT": str(tmp_path / "out")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
