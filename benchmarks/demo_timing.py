@@ -220,7 +220,8 @@ def main() -> None:
     print(f"timing ablation_beta --preset {a.preset} into {results} ({cores} cores, load average "
           f"{load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f})", flush=True)
 
-    def on_term(*_: Any) -> None:
+    def on_term(*_: Any) -> None:  # once: `timeout` and a user may both send one
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
