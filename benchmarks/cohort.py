@@ -129,12 +129,12 @@ def main() -> None:
     n_students = max(max(ks), a.separate)
     betas = [round(0.1 + 0.8 * i / max(1, n_students - 1), 3) for i in range(n_students)]  # the same for every K
 
-    def cfgs(mode: str, n: int) -> list[TrainConfig]:
+    def cfgs(mode: str, n: int, name: str) -> list[TrainConfig]:
         cached = mode.rstrip("0123456789").endswith("cached")  # separate_cached2: a repeat of separate_cached
         cache = {"run.teacher_cache": str(tmp / "cache")} if cached else {}
         return [base.replace(**{"model.arch": a.student, "distill.method": "hwd", "distill.beta": b,
                                 "distill.teacher_arch": a.teacher, "distill.teacher_checkpoint": str(teacher_file),
-                                "run.out_dir": str(tmp / mode / f"m{i}"), **cache}) for i, b in enumerate(betas[:n])]
+                                "run.out_dir": str(tmp / name / f"m{i}"), **cache}) for i, b in enumerate(betas[:n])]
 
     device = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
     res: dict[str, Any] = {"device": device, "torch": torch.__version__, "ks": ks, "warmup": warm,
@@ -143,7 +143,7 @@ def main() -> None:
                            "cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     # Warm-up (untimed): one short run pays the process's one-time costs (kernel selection, the
     # synthetic scenes' first rendering) so that the first timed mode is not charged for them.
-    fit(cfgs("warmup", 1)[0].replace(**{"optim.iterations": 1, "run.log_every": 1}))
+    fit(cfgs("warmup", 1, "warmup")[0].replace(**{"optim.iterations": 1, "run.log_every": 1}))
     modes: dict[str, dict[str, Any]] = {}
     print(f"{'mode':<20} {'students':>8} {'step s':>8} {'img/s/student':>14} {'img/s all':>10} {'img/CPU-s all':>13} "
           f"{'start s':>8} {'set-up s':>8} {'end s':>6} {'wall s':>7}", flush=True)
@@ -153,13 +153,14 @@ def main() -> None:
         else:
             jobs = [(mode, a.separate, False)]
         for name, n, cohort in jobs:
-            m = timed(cfgs(name, n), cohort, warm, total)
+            m = timed(cfgs(mode, n, name), cohort, warm, total)
             per_student = a.batch / m["step_s"]
             m["per_student_img_per_s"] = per_student
             m["aggregate_img_per_s"] = per_student * (n if cohort else 1)
             # the same from this process's CPU time: on a busy machine, what the step costs, not what it got
             m["per_student_img_per_cpu_s"] = a.batch / m["cpu_step_s"] if m["cpu_step_s"] > 0 else math.nan
             m["aggregate_img_per_cpu_s"] = m["per_student_img_per_cpu_s"] * (n if cohort else 1)
+            m["teacher_cache"] = all(c.run.teacher_cache for c in cfgs(mode, n, name))
             modes[name] = m
             res[f"{name}_s"] = m["wall_s"]
             print(f"{name:<20} {n:>8} {m['step_s']:8.3f} {per_student:14.1f} {m['aggregate_img_per_s']:10.1f} "

@@ -57,6 +57,7 @@ def test_cohort_benchmark_cpu_smoke():
     for name, students in (("separate", 2), ("cohort_cached_k2", 2), ("cohort_cached_k3", 3)):
         m = res["modes"][name]
         assert m["students"] == students and len(m["final_losses"]) == students
+        assert m["teacher_cache"] == (name != "separate")  # the cached cohorts read the cache (K suffix or not)
         assert m["step_s"] > 0 and m["start_s"] > 0 and m["steady_s"] > 0 and m["end_s"] >= 0
         assert m["aggregate_img_per_s"] == pytest.approx(m["per_student_img_per_s"] * (1 if name == "separate" else students))
     assert res["steady_speedup_cohort_cached_k3_over_separate"] > 0
