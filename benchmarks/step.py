@@ -5,13 +5,19 @@ forward/backward, loss, SGD step -- of
 
 - ours: ``segdistill.train.distillation_losses`` (exactly what ``fit`` runs) with each CE path
   (``literal``, ``compiled`` = the literal path under ``torch.compile``, ``blocked`` =
-  ``segdistill.upsample_ce``), optionally the student compiled too;
+  ``segdistill.upsample_ce``), with optional levers after ``+`` (several may be joined by ``+``):
+  ``student`` (the student compiled), ``teacher`` (the frozen teacher compiled), ``tgraph`` (the
+  teacher compiled with ``mode="reduce-overhead"``: CUDA graphs, its shapes are static), ``tbf16``
+  (the teacher's weights and input in bf16, no per-step autocast casts), ``fused`` (SGD with
+  ``fused=True``); e.g. ``compiled+teacher+fused``;
 - the reference: ``shared/bench/plain_pytorch_step.py``'s model, CWD and HWD functions, stepped the
   way its ``main`` steps them (bf16 autocast, channels_last, no aux head);
 
 and prints, per setup, images/s for CE-only / CWD / HWD, the ratio to the reference's HWD step, the
 achieved TFLOP/s (PyTorch's FLOP counter), peak memory, HWD's overhead over CWD, and the time split
-of the best setup (data / teacher / student forward+loss / backward / optimizer). The last line of
+of the best setup (data / teacher / student forward+loss / backward / optimizer), and, per setup, the
+HWD loss after the same steps from the same start (``hwd_loss_check``; ``max_hwd_loss_rel_diff``: a
+lever must not change what is trained beyond rounding). The last line of
 output is one JSON object with at least ``images_per_s``, ``reference_images_per_s``, ``ratio``,
 ``hwd_over_cwd`` and ``device``.
 
@@ -71,6 +77,38 @@ def load_reference(path: str | None) -> Any | None:
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     mod.reference_path = str(candidates[0])
     return mod
+
+
+LEVERS = frozenset({"student", "teacher", "tgraph", "tbf16", "fused"})
+
+
+def teacher_forward(teacher: torch.nn.Module, extras: set[str], amp: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """The frozen teacher's forward with the variant's teacher levers (None when it has none: then
+    ``distillation_losses`` calls the teacher itself, as the trainer does). Returns a SegOutput whose
+    tensors are cloned out of a CUDA graph's static buffers (``tgraph``)."""
+    if not extras & {"teacher", "tgraph", "tbf16"}:
+        return None
+    import copy
+
+    net = copy.deepcopy(teacher)
+    if "tbf16" in extras:
+        net = net.to(torch.bfloat16)
+    if "tgraph" in extras:
+        net = torch.compile(net, mode="reduce-overhead")
+    elif "teacher" in extras:
+        net = torch.compile(net)
+
+    def forward(x: torch.Tensor) -> Any:
+        if "tgraph" in extras:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.no_grad(), torch.autocast(**amp):
+            out = net(x.to(torch.bfloat16) if "tbf16" in extras else x)
+        if "tgraph" in extras:  # the graph's outputs are overwritten by its next replay
+            out = type(out)(*(v.clone() if torch.is_tensor(v) else
+                              {k: t.clone() for k, t in v.items()} if isinstance(v, dict) else v for v in out))
+        return out
+
+    return forward
 
 
 def flops_of(fn: Callable[[], object]) -> float:
@@ -159,13 +197,17 @@ def main() -> None:
     best: tuple[float, str] | None = None
     step_flops = None
     for variant in a.variants.split(","):
-        ce_name, _, extra = variant.partition("+")
-        if ce_name not in ("literal", "compiled", "blocked") or extra not in ("", "student"):
-            raise SystemExit(f"unknown variant {variant!r}")
+        ce_name, *extra_list = variant.split("+")
+        extras = set(extra_list)
+        if ce_name not in ("literal", "compiled", "blocked") or not extras <= LEVERS or len(extras) != len(extra_list):
+            raise SystemExit(f"unknown variant {variant!r} (CE path literal/compiled/blocked, levers {sorted(LEVERS)})")
         ce = torch.compile(segmentation_ce) if ce_name == "compiled" else ce_paths[ce_name]
+        torch.manual_seed(1)  # every variant's student starts from the same weights (the loss check below)
         student = build_model(a.student, a.classes, aux=a.aux).to(dev, memory_format=fmt).train()
-        opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        model = torch.compile(student) if extra == "student" else student
+        opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4,
+                              **({"fused": True} if "fused" in extras else {}))
+        model = torch.compile(student) if "student" in extras else student
+        t_fn = teacher_forward(teacher, extras, amp)  # None: the trainer's own teacher call
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         for method in ("none", "cwd", "hwd"):
@@ -174,19 +216,28 @@ def main() -> None:
             t = teacher if distiller is not None else None
 
             def step() -> None:
+                t_out = t_fn(x) if (t_fn is not None and t is not None) else None
                 with torch.autocast(**amp):
-                    terms = distillation_losses(model, t, distiller, x, y, alpha=3.0, aux_weight=0.4, ce=ce)
+                    terms = distillation_losses(model, None if t_out is not None else t, distiller, x, y, alpha=3.0,
+                                                aux_weight=0.4, ce=ce, teacher_output=t_out)
                 opt.zero_grad(set_to_none=True)
                 terms["loss/total"].backward()
                 opt.step()
 
             try:
+                if method == "hwd":  # same start, same steps so far: the levers must not change the loss
+                    t_out = t_fn(x) if t_fn is not None else None
+                    with torch.autocast(**amp):
+                        terms = distillation_losses(model, None if t_out is not None else teacher, distiller, x, y,
+                                                    alpha=3.0, aux_weight=0.4, ce=ce, teacher_output=t_out)
+                    res[f"{variant}/hwd_loss_check"] = float(terms["loss/total"])
+                    del terms
                 ips = a.batch / timeit(step, a.iters, a.warm, sync)
                 res[f"{variant}/{'ce' if method == 'none' else method}_img_per_s"] = ips
                 if method == "hwd":
                     if best is None or ips > best[0]:
                         best = (ips, variant)
-                    if step_flops is None and extra == "":
+                    if step_flops is None and not extras:
                         step_flops = flops_of(step)
             except Exception as exc:  # one failing variant must not lose the others
                 res[f"{variant}/{method}_error"] = f"{type(exc).__name__}: {exc}"[:500]
@@ -237,6 +288,9 @@ def main() -> None:
         raise SystemExit("no variant ran")
     ips, variant = best
     ref_ips = res.get("reference/hwd_img_per_s")
+    checks = {k.split("/")[0]: v for k, v in res.items() if k.endswith("/hwd_loss_check")}
+    first = next(iter(checks.values()), None)
+    res["hwd_loss_rel_diff_vs_first_variant"] = {k: abs(v - first) / max(abs(first), 1e-12) for k, v in checks.items()}
     summary = {
         "device": res["device"],
         "images_per_s": ips,
@@ -247,6 +301,7 @@ def main() -> None:
         "tflops_achieved": (step_flops * ips / a.batch / 1e12) if step_flops else None,
         "peak_mem_gib": res.get(f"{variant}/peak_mem_gib"),
         "reference_peak_mem_gib": res.get("reference/peak_mem_gib"),
+        "max_hwd_loss_rel_diff": max(res["hwd_loss_rel_diff_vs_first_variant"].values(), default=None),
         "details": res,
     }
     print(json.dumps(summary))

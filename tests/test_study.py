@@ -50,6 +50,43 @@ def test_spec_rejects_bad_settings():
         StudySpec(name="a/b", base=tiny_base())
 
 
+def test_lone_teacher_trial_holds_every_cpu():
+    """A CPU-only study's teacher trials share the cluster's CPUs (capped at one node's), so a lone
+    teacher trains on every core; GPU studies and Train-shaped trials keep the students' resources."""
+    from segdistill.study.runner import teacher_resources
+
+    one = Resources(cpus=1)
+    assert teacher_resources(one, "inline", {"CPU": 2.0}, 1) == Resources(cpus=2)
+    assert teacher_resources(one, "inline", {"CPU": 16.0}, 3) == Resources(cpus=5)
+    assert teacher_resources(one, "inline", {"CPU": 16.0}, 1, node_cpus=8.0) == Resources(cpus=8)
+    assert teacher_resources(Resources(cpus=4), "inline", {"CPU": 4.0}, 2) == Resources(cpus=4)  # never fewer
+    assert teacher_resources(one, "inline", {"CPU": 1.0}, 4) == one
+    gpu = Resources(cpus=1, gpus=0.25)
+    assert teacher_resources(gpu, "inline", {"CPU": 16.0, "GPU": 1.0}, 1) == gpu
+    assert teacher_resources(one, "train", {"CPU": 16.0}, 1) == one
+
+
+def test_trial_threads_follow_the_trials_cpus(monkeypatch):
+    """run.threads = 0 on the CPU becomes the CPUs Ray gave the trial (Ray's OMP_NUM_THREADS would
+    otherwise leave torch one thread); explicit threads and GPU runs are kept."""
+    import ray
+
+    from segdistill.study import trial as trial_mod
+
+    class Ctx:
+        def get_assigned_resources(self):
+            return {"CPU": 2.0}
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: Ctx())
+    cpu = tiny_base().replace(**{"run.device": "cpu", "run.threads": 0})
+    assert trial_mod.trial_threads(cpu).run.threads == 2
+    assert trial_mod.trial_threads(cpu.replace(**{"run.threads": 1})).run.threads == 1
+    assert trial_mod.trial_threads(cpu.replace(**{"run.device": "cuda"})).run.threads == 0
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # outside Ray: unchanged
+    assert trial_mod.trial_threads(cpu).run.threads == 0
+
+
 def test_teacher_recipe_ignores_student_distill_settings_and_seed():
     base = tiny_base()
     a = TINY_TEACHER.config_for(base.replace(**{"distill.beta": 0.3, "run.seed": 4}))

@@ -73,7 +73,7 @@ def cohort_trainable(config: dict[str, Any], ctx: Any) -> None:
     from ..cohort import fit_cohort
     from .callbacks import failure_summary, record_from_state
     from .trial import (REPORT_KEY, ProgressReports, checkpoint_iteration, finished_record, note_attempt,
-                        quiet_ray_logs, report_metrics, trial_config, write_result)
+                        quiet_ray_logs, report_metrics, trial_config, trial_threads, write_result)
 
     quiet_ray_logs(ctx)
     trial_id = tune.get_context().get_trial_id()
@@ -81,6 +81,7 @@ def cohort_trainable(config: dict[str, Any], ctx: Any) -> None:
     pending: list[tuple[TrainConfig, dict[str, Any], str, dict[str, Any], str, int]] = []
     for j, member in enumerate(member_configs(config)):
         cfg, tags, record_id = trial_config(ctx, member, member_id(trial_id, j))
+        cfg = trial_threads(cfg)
         if finished_record(ctx, record_id) is not None:
             continue  # finished and recorded before a restart
         tags.update({"node_id": node, "cohort_id": trial_id, "cohort_size": len(config[MEMBERS_KEY])})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import shutil
 import warnings
@@ -40,7 +41,7 @@ from .preflight import check_cluster, preflight_spec
 from .progress import MODES as PROGRESS_MODES
 from .progress import TEACHERS, TRIALS, ProgressCallback, StudyMonitor
 from .runtime import RayInfo, max_concurrent_trials, ray_session
-from .spec import PENDING_TEACHER, StudySpec
+from .spec import PENDING_TEACHER, Resources, StudySpec
 from .trial import EVAL, REPORT_KEY, TrialContext, inline_trainable, train_trainable, trial_config
 from .zoo import RECORD_STUDY, TeacherZoo, ZooEntry
 
@@ -500,18 +501,47 @@ def train_teachers(entries: Sequence[ZooEntry], zoo: TeacherZoo, spec: StudySpec
         variants.append(flat)
     base_flat = spec.base.to_flat()
     names = setting_names(variants, base_flat, explicit=[teacher_name(e.cfg) for e in entries])
+    # only on a Ray of our own: on a joined cluster other jobs may hold CPUs a teacher would wait for
+    resources = (teacher_resources(spec.resources, shape, info.resources, len(entries), largest_node_cpus())
+                 if info.started_here else spec.resources)
     ctx = TrialContext(study=RECORD_STUDY, results_root=str(zoo.records_root), runs_root=str(zoo.root / "_runs"),
                        storage_path=str(zoo.root / "_ray"), base_flat=base_flat, variants=tuple(variants),
-                       tags={**dict(spec.tags), "role": "teacher"}, shape=shape, resources=spec.resources,
+                       tags={**dict(spec.tags), "role": "teacher"}, shape=shape, resources=resources,
                        max_failures=spec.max_failures, setting_names=tuple(names), verbose=verbose)
     name = "teachers_" + "_".join(sorted(e.key[2] for e in entries))[:80]
-    teacher_spec = spec.replace(scheduler="none", search="grid")
+    teacher_spec = spec.replace(scheduler="none", search="grid", resources=resources)
     space = grid_space(variants, names, (), base_flat, with_seed=False)
     # A fresh Tune experiment each time (its trials resume from the entries' own checkpoints): a finished
     # experiment restored would not train a teacher whose model.pt has gone since.
     _tune(ctx, teacher_spec, info, space, name=name, resume=False, release=shape == "train", optuna_path=None,
           verbose=verbose, scheduler="none", search="grid", num_samples=1, monitor=monitor, phase=TEACHERS,
           planned=len(entries))
+
+
+def teacher_resources(students: Resources, shape: str, cluster: Mapping[str, float], teachers: int,
+                      node_cpus: float | None = None) -> Resources:
+    """What each of ``teachers`` teacher trials holds (on a Ray the study started): on CPU-only
+    inline trials, an equal share of the cluster's CPUs (at most one node's, ``node_cpus``; at least
+    the students' ``cpus``), so that a lone teacher trains on every core (its ``run.threads``, when 0,
+    follows: :func:`~segdistill.study.trial.trial_threads`) instead of on one while the others idle;
+    otherwise the students' resources."""
+    if shape != "inline" or students.gpus > 0:
+        return students
+    share = float(cluster.get("CPU", 0.0)) / max(1, teachers)
+    if node_cpus is not None:
+        share = min(share, node_cpus)
+    return Resources(cpus=max(students.cpus, math.floor(share)), gpus=0.0, num_workers=students.num_workers)
+
+
+def largest_node_cpus() -> float | None:
+    """The most CPUs one alive node of the connected Ray cluster has (None if unknown)."""
+    import ray
+
+    try:
+        cpus = [float(n.get("Resources", {}).get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001 - only a cap
+        return None
+    return max(cpus) if cpus else None
 
 
 def teachers_only(spec: StudySpec, *, results_root: str | Path = "results", address: str | None = None,

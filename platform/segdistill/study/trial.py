@@ -91,6 +91,25 @@ def trial_config(ctx: TrialContext, config: Mapping[str, Any], trial_id: str) ->
     return cfg, tags, record_id
 
 
+def trial_threads(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``run.threads`` set to the CPUs Ray gave this trial when it is 0 (torch's default)
+    and the trial trains on the CPU: Ray sets ``OMP_NUM_THREADS`` to a task's CPUs, and the default
+    then is one thread, so a lone teacher trial holding every core would use one of them. GPU runs,
+    and runs that name their threads, are left as they are."""
+    if cfg.run.threads or cfg.run.device.startswith("cuda") or (cfg.run.device == "auto" and _cuda_available()):
+        return cfg
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0) if ray.is_initialized() else 0.0
+    return cfg.replace(**{"run.threads": max(1, int(cpus))}) if cpus >= 1 else cfg
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 REPORT_KEY = "report"  # what a Tune result is: an evaluation ("eval") or a progress update ("progress")
 EVAL, PROGRESS = "eval", "progress"
 PROGRESS_REPORTS_PER_RUN = 50  # at most this many progress updates per run, besides its evaluations
@@ -303,6 +322,7 @@ def inline_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     cfg, tags, record_id = trial_config(ctx, config, trial_id)
+    cfg = trial_threads(cfg)
     node = ray.get_runtime_context().get_node_id()
     tags["node_id"] = node
     done = finished_record(ctx, record_id)
