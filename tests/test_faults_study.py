@@ -212,8 +212,11 @@ def test_study_lock_refuses_a_second_driver_and_a_killed_one_leaves_no_lock(tmp_
 def test_verify_zoo_entry_on_real_files(tmp_path):
     import torch
 
-    good = tmp_path / "model.pt"
-    torch.save({"format": 1, "arch": "x", "state_dict": {"w": torch.zeros(64, 64)}}, good)
+    from segdistill.models import build_model
+    from segdistill.train import save_model_artifact
+
+    cfg = tiny_base()
+    good = save_model_artifact(build_model(cfg.model.arch, cfg.data.num_classes), cfg, tmp_path / "model.pt")
     assert verify_zoo_entry(good) is None
     data = good.read_bytes()
     cut = tmp_path / "cut.pt"
@@ -223,7 +226,9 @@ def test_verify_zoo_entry_on_real_files(tmp_path):
     assert verify_zoo_entry(tmp_path / "empty.pt") == "the file is empty"
     assert verify_zoo_entry(tmp_path / "nope.pt") == "the file is missing"
     torch.save([1, 2], tmp_path / "list.pt")
-    assert "not a segdistill model file" in verify_zoo_entry(tmp_path / "list.pt")
+    assert "not a state dict" in verify_zoo_entry(tmp_path / "list.pt")
+    torch.save({"format": 1, "arch": "x", "state_dict": {"w": torch.zeros(64, 64)}}, tmp_path / "foreign.pt")
+    assert verify_zoo_entry(tmp_path / "foreign.pt") is not None
 
 
 def _kd_spec(name: str) -> StudySpec:

@@ -256,19 +256,20 @@ def check_design(study_dir: Path, design: Mapping[str, Any], study: str) -> tupl
 
 # -- zoo entries ----------------------------------------------------------------------------------
 def verify_zoo_entry(model_path: Path) -> str | None:
-    """None if ``model_path`` (a zoo ``model.pt``) loads as a model file, else why not."""
-    import torch
+    """None if ``model_path`` (a zoo ``model.pt``) reads as a segdistill model file
+    (:func:`segdistill.checkpoints.read_model_file`, what trials load it with), else why not."""
+    from ..checkpoints import read_model_file
 
     try:
         if model_path.stat().st_size == 0:
             return "the file is empty"
-        obj = torch.load(model_path, map_location="cpu", weights_only=False)
+        file = read_model_file(model_path)
     except FileNotFoundError:
         return "the file is missing"
     except Exception as exc:  # noqa: BLE001 - truncated zip, pickle errors, foreign files
         return f"{type(exc).__name__}: {exc}"
-    if not isinstance(obj, dict) or not any(k in obj for k in ("model", "state_dict", "student")):
-        return f"not a segdistill model file (a {type(obj).__name__} without model weights)"
+    if file.format != "segdistill-model":
+        return f"not a segdistill model file (it reads as a {file.format} file)"
     return None
 
 
