@@ -25,19 +25,36 @@ def pearson_rows(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(PEARSON_EPS)
 
 
+def _pixel_rows(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """(B*h*w, C) float32 rows of both logit maps (the teacher's detached)."""
+    check_logit_pair(student_logits, teacher_logits)
+    c = student_logits.shape[1]
+    ys = student_logits.float().permute(0, 2, 3, 1).reshape(-1, c)
+    yt = teacher_logits.detach().float().permute(0, 2, 3, 1).reshape(-1, c)
+    return ys, yt
+
+
+def inter_term(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """DIST inter-class term: rows are the B*h*w pixels, each a C-vector; ``1 - mean Pearson``."""
+    ys, yt = _pixel_rows(student_logits, teacher_logits)
+    return 1.0 - pearson_rows(ys, yt).mean()
+
+
+def intra_term(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """DIST intra-class term: rows are the C classes, each a (B*h*w)-vector; ``1 - mean Pearson``
+    (couples the batch's images: see ``distill.batch_coupling``)."""
+    ys, yt = _pixel_rows(student_logits, teacher_logits)
+    return 1.0 - pearson_rows(ys.t(), yt.t()).mean()
+
+
 def dist_terms(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
     """(inter, intra) DIST terms of (B, C, h, w) logits, each ``1 - mean Pearson``.
 
     inter: rows are the B*h*w pixels, each a C-vector. intra: rows are the C classes, each a
     (B*h*w)-vector. Scalars, float32; gradients flow into the student logits only.
     """
-    check_logit_pair(student_logits, teacher_logits)
-    c = student_logits.shape[1]
-    ys = student_logits.float().permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, C)
-    yt = teacher_logits.detach().float().permute(0, 2, 3, 1).reshape(-1, c)
-    inter = 1.0 - pearson_rows(ys, yt).mean()
-    intra = 1.0 - pearson_rows(ys.t(), yt.t()).mean()
-    return inter, intra
+    ys, yt = _pixel_rows(student_logits, teacher_logits)
+    return 1.0 - pearson_rows(ys, yt).mean(), 1.0 - pearson_rows(ys.t(), yt.t()).mean()
 
 
 def dist_loss(student_logits: Tensor, teacher_logits: Tensor, *, inter_weight: float = 1.0,
@@ -47,4 +64,4 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, *, inter_weight: f
     return inter_weight * inter + intra_weight * intra
 
 
-__all__ = ["dist_loss", "dist_terms", "pearson_rows"]
+__all__ = ["dist_loss", "dist_terms", "inter_term", "intra_term", "pearson_rows"]

@@ -34,7 +34,7 @@ from ..parallel import gather_batch, world_size
 from .adversarial import AdversarialCritic
 from .cirkd import MemoryBank, ProjectionHead, format_bytes, memory_bytes, memory_contrast_terms, minibatch_pair_loss
 from .cwd import cwd_loss, kd_loss
-from .dist import dist_terms
+from .dist import dist_terms, inter_term, intra_term
 from .hwd import hwd_loss
 from .ifvd import ifv_loss
 from .mgd import MGDGenerator, mgd_loss, random_keep_mask
@@ -205,9 +205,10 @@ class DISTDistiller(Distiller):
     zero_at_equality = ("inter", "intra")
 
     def terms(self, s_logits, t_logits, labels, s_features=None, t_features=None):  # type: ignore[override]
-        inter, intra = dist_terms(s_logits, t_logits)
-        if self.cfg.batch_coupling == "global" and world_size() > 1:
-            intra = dist_terms(*self.coupled(s_logits, t_logits.detach()))[1]
+        if self.cfg.batch_coupling == "global" and world_size() > 1:  # intra over every worker's pixels
+            inter, intra = inter_term(s_logits, t_logits), intra_term(*self.coupled(s_logits, t_logits.detach()))
+        else:
+            inter, intra = dist_terms(s_logits, t_logits)
         return {"inter": self.cfg.dist_inter_weight * inter, "intra": self.cfg.dist_intra_weight * intra}
 
 
