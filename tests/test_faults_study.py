@@ -65,6 +65,7 @@ def test_bad_numeric_flags_are_one_line(argv, flag, capsys):
     (["--dataset", "nosuch"], "--dataset 'nosuch': unknown dataset; known: ade20k"),
     (["--dataset", "synthetc"], "did you mean 'synthetic'?"),
     (["--preset", "paper"], "--preset paper needs --data-root"),
+    (["--preset", "released"], "--preset released needs --data-root"),
     (["--resume", "--overwrite"], "--resume and --overwrite"),
 ])
 def test_bad_flag_values_are_config_errors_naming_the_flag(argv, needle):

@@ -227,17 +227,18 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-class _OneLineErrors(argparse.ArgumentParser):
-    """argparse with one-line errors naming the flag and value (the usage only with --help)."""
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors naming the flag and value (the usage only with --help); also
+    the experiment scripts' parser (segdistill.study.cli_args)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineErrors(prog="segdistill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(prog="segdistill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors (default: one line)")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
 
     t = sub.add_parser("train", help="one training run from flat config overrides")
     t.add_argument("--config", help="JSON file with a flat config (TrainConfig.to_json())")

@@ -19,16 +19,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from ..cli import OneLineArgumentParser
 from ..config import ConfigError
-from .presets import PRESETS, REPORTED_METRIC, Preset, get_preset
+from .presets import PRESETS, REAL_DATA_PRESETS, REPORTED_METRIC, Preset, get_preset
 from .spec import StudySpec
-
-
-class StudyArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (``prog: error: argument --seeds: ...``; the usage only with --help)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _number(kind: type, low: float, *, strict: bool = False, what: str = "") -> Callable[[str], Any]:
@@ -49,7 +43,7 @@ def _number(kind: type, low: float, *, strict: bool = False, what: str = "") -> 
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    p = StudyArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=PRESETS, default="demo", help="smoke: CI plumbing check; demo: synthetic "
                    "benchmark in minutes; paper: the paper's recipe on a real dataset and GPUs")
     p.add_argument("--results", default="results", help="results root (Parquet tables, Ray state, runs)")
@@ -91,8 +85,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--cpus 0: a trial needs some CPU or GPU; give --cpus > 0 or --gpus > 0")
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
         raise ConfigError("--resume and --overwrite: give one (--resume continues the study, --overwrite deletes it)")
-    if getattr(args, "preset", None) == "paper" and not getattr(args, "data_root", ""):
-        raise ConfigError("--preset paper needs --data-root DIR (the directory holding the dataset)")
+    if getattr(args, "preset", None) in REAL_DATA_PRESETS and not getattr(args, "data_root", ""):
+        raise ConfigError(f"--preset {args.preset} needs --data-root DIR (the directory holding the dataset)")
     dataset = getattr(args, "dataset", None)
     if dataset:
         from ..data import DATASETS
@@ -220,8 +214,8 @@ class user_errors:  # noqa: N801 - used as a context manager
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     df = read_trials(Path(self.args.results).resolve(), self.spec.name)
-                if not df.empty and "status" in df:
-                    students = df[df["role"] != "teacher"] if "role" in df else df
+                students = _students(df)
+                if not students.empty and "status" in students:
                     c = students["status"].value_counts().to_dict()
                     counts = f"; {len(students)} of {self.spec.num_trials()} configurations recorded (" + \
                         ", ".join(f"{k}: {v}" for k, v in sorted(c.items())) + ")"
