@@ -146,3 +146,10 @@ def test_analysis_on_smoke_results(results, tmp_path):
     proc = _run(["-m", "analysis", "--results", str(results), "--out", str(tmp_path / "reports")])
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert list((tmp_path / "reports").rglob("*.png")) and list((tmp_path / "reports").rglob("*.md"))
+
+
+def test_every_experiment_script_has_a_smoke_test():
+    """A script added to experiments/ without a smoke run here fails this (SCRIPTS is still a hand
+    list; benchmark_check has its own test above)."""
+    on_disk = {p.stem for p in (ROOT / "experiments").glob("*.py") if not p.stem.startswith("_")}
+    assert on_disk == set(SCRIPTS) | {"benchmark_check"}, sorted(on_disk ^ (set(SCRIPTS) | {"benchmark_check"}))
