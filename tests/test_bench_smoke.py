@@ -28,11 +28,17 @@ def test_step_benchmark_cpu_smoke():
                     "--variants", "literal,blocked,literal+tbf16+fused", "--no-reference"])
     for key in ("images_per_s", "reference_images_per_s", "ratio", "hwd_over_cwd", "device"):
         assert key in res
-    assert res["device"] == "cpu" and res["images_per_s"] > 0 and res["best_variant"] in ("literal", "blocked")
+    assert res["device"] == "cpu" and res["images_per_s"] > 0
     details = res["details"]
-    for variant in ("literal", "blocked", "literal+tbf16+fused"):
+    variants = ("literal", "blocked", "literal+tbf16+fused")
+    for variant in variants:
         for method in ("ce", "cwd", "hwd"):
             assert details[f"{variant}/{method}_img_per_s"] > 0
+    # which variant wins is a timing race (bf16 won on one CI machine); the rule is checked instead:
+    # the reported best is the fastest HWD setup measured, and its rate is the headline number
+    hwd_rates = {v: details[f"{v}/hwd_img_per_s"] for v in variants}
+    assert res["best_variant"] == max(hwd_rates, key=hwd_rates.get)
+    assert res["images_per_s"] == hwd_rates[res["best_variant"]]
     # the same steps from the same start: blocked CE (exact maths) and the bf16 teacher (rounding) agree
     assert details["hwd_loss_rel_diff_vs_first_variant"]["blocked"] < 1e-4
     assert details["hwd_loss_rel_diff_vs_first_variant"]["literal+tbf16+fused"] < 5e-2
