@@ -24,6 +24,7 @@ from .common import (
     Report,
     Results,
     by_group,
+    experiment_column,
     col,
     mean_std,
     method_colour,
@@ -74,7 +75,7 @@ def _sweep_students(res: Results, script: str) -> pd.DataFrame:
     t = students_of(res.trials)
     if t.empty:
         return t
-    mine = t[t["study"].astype(str).str.fullmatch(rf"{script}(-.*)?")]
+    mine = t[experiment_column(t) == script]
     return mine if not mine.empty else t
 
 

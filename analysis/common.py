@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from segdistill import catalog  # noqa: E402
 from segdistill import results as rs  # noqa: E402
 
 log = logging.getLogger("analysis")
@@ -53,8 +54,8 @@ METHOD_ORDER = ["baseline", "KD", "SKD", "IFVD", "CWD", "CIRKD", "DIST", "MGD", 
 METHOD_COLOURS = {"baseline": "#7f7f7f", "KD": "#bcbd22", "SKD": "#8c564b", "IFVD": "#e377c2", "CWD": "#1f77b4",
                   "CIRKD": "#9467bd", "DIST": "#17becf", "MGD": "#ff7f0e", "HWD": "#d62728", "teacher": "#2ca02c"}
 _EXTRA_COLOURS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354"]
-ABLATION_GROUPS = frozenset({"beta", "softmax", "mu", "pixel_correction", "pixel", "cwd_ref"})
-SEARCH_GROUPS = frozenset({"search"})
+ABLATION_GROUPS = catalog.ABLATION_GROUPS | {"pixel"}  # "pixel": results of an older pixel-correction script
+SEARCH_GROUPS = frozenset({catalog.SEARCH})
 
 
 def method_label(method: Any) -> str:
@@ -160,10 +161,18 @@ def from_experiment(df: pd.DataFrame, script: str, groups: Sequence[str] = ()) -
     tagged with one of ``groups``; teachers copied into several studies appear once."""
     if df.empty or "study" not in df:
         return df.iloc[0:0] if not df.empty else df
-    mask = _str(df, "study").str.fullmatch(rf"{re.escape(script)}(-.*)?")
+    mask = experiment_column(df) == script
     if groups:
         mask |= _str(df, "group").isin(list(groups))
     return dedupe_teachers(df[mask])
+
+
+def experiment_column(df: pd.DataFrame) -> pd.Series:
+    """Each row's experiment (``segdistill.catalog``): its ``experiment`` tag; rows written before
+    trials carried it get it from their study name (``catalog.experiment_of_study``)."""
+    tag = df["experiment"] if "experiment" in df else pd.Series(np.nan, index=df.index, dtype=object)
+    from_name = _str(df, "study").map(lambda s: catalog.experiment_of_study(s) or "")
+    return tag.where(tag.notna() & (tag.astype(str) != ""), from_name).astype(str)
 
 
 def dedupe_teachers(df: pd.DataFrame) -> pd.DataFrame:

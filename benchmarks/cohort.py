@@ -34,21 +34,18 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from segdistill.cohort import fit_cohort
+from segdistill.config import TrainConfig
+from segdistill.models import build_model
+from segdistill.train import fit, save_model_artifact
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "platform"))
-
-import torch  # noqa: E402
-
-from segdistill.cohort import fit_cohort  # noqa: E402
-from segdistill.config import TrainConfig  # noqa: E402
-from segdistill.train import fit, save_model_artifact  # noqa: E402
-from segdistill.models import build_model  # noqa: E402
 
 
 class Clock:

@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from segdistill.config import TrainConfig
+from segdistill.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "platform"))
-
-from segdistill.config import TrainConfig  # noqa: E402
-from segdistill.train import Trainer  # noqa: E402
 
 
 def make_ade20k_tree(root: Path, count: int, size: int, classes: int = 150) -> None:

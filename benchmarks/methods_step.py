@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-
-import torch  # noqa: E402
-
-from segdistill.config import DistillConfig, known_methods  # noqa: E402
-from segdistill.losses import build_distiller, reference_alpha  # noqa: E402
-from segdistill.models import build_model  # noqa: E402
-from segdistill.train import distillation_losses  # noqa: E402
+import torch
+from segdistill.config import DistillConfig, known_methods
+from segdistill.losses import build_distiller, reference_alpha
+from segdistill.models import build_model
+from segdistill.train import distillation_losses
 
 
 def main(argv: list[str] | None = None) -> int:

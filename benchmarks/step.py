@@ -31,22 +31,19 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from segdistill.config import DistillConfig
+from segdistill.losses import build_distiller
+from segdistill.models import build_model
+from segdistill.train import distillation_losses, segmentation_ce
+from segdistill.upsample_ce import upsampled_cross_entropy
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "platform"))
-
-from segdistill.config import DistillConfig  # noqa: E402
-from segdistill.losses import build_distiller  # noqa: E402
-from segdistill.models import build_model  # noqa: E402
-from segdistill.train import distillation_losses, segmentation_ce  # noqa: E402
-from segdistill.upsample_ce import upsampled_cross_entropy  # noqa: E402
 
 REFERENCE_CANDIDATES = (ROOT.parent / "shared" / "bench" / "plain_pytorch_step.py",
                         ROOT / "shared" / "bench" / "plain_pytorch_step.py",

@@ -15,33 +15,29 @@ the paper preset's whole grid under the demo preset too (12 settings; 2 seeds ar
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-
-from segdistill.study.cli_args import (  # noqa: E402
+from segdistill.catalog import BETA, SOFTMAX
+from segdistill.study.cli_args import (
     CWD_REF_KEY,
     ablation_spec,
     parser,
     preset_from_args,
     report,
     run,
+    script_main,
 )
-from segdistill.study.cli_args import script_main  # noqa: E402
-from segdistill.study.presets import pick  # noqa: E402
+from segdistill.study.presets import pick
 
 BETAS = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9)
 TAU_PRIMES = (2.0, 3.0, 4.0, 5.0, 7.0, 10.0)
 DEMO_BETAS = (0.1, 0.9)  # the paper's beta vs weak smoothing: the contrast Fig. 6's claim is about
 DEMO_SEEDS = 6  # per setting: 18 students (cohorts of 3), about the old 12-setting x 2-seed demo's cost
-CONTRAST = ({"group": "beta", "setting": "beta=0.9"}, {"group": "beta", "setting": "beta=0.1"})
+CONTRAST = ({"group": BETA, "setting": "beta=0.9"}, {"group": BETA, "setting": "beta=0.1"})
 
 
 def variants(betas: tuple, tau_primes: tuple) -> list[dict]:
     hwd = {"distill.method": "hwd", "distill.mu": 0.0, "distill.weighting": "smooth"}
-    out = [{**hwd, "distill.beta": b, "tag.group": "beta", "tag.setting": f"beta={b:g}"} for b in betas]
-    out += [{**hwd, "distill.weighting": "softmax", "distill.tau_prime": t, "tag.group": "softmax",
+    out = [{**hwd, "distill.beta": b, "tag.group": BETA, "tag.setting": f"beta={b:g}"} for b in betas]
+    out += [{**hwd, "distill.weighting": "softmax", "distill.tau_prime": t, "tag.group": SOFTMAX,
              "tag.setting": f"tau'={t:g}"} for t in tau_primes]
     return out
 

@@ -8,14 +8,17 @@ mu in {-2, -1, -0.5, -0.25, -0.1, 0, 0.1, 0.25, 0.5, 1, 2}; every setting is tes
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-
-from segdistill.study.cli_args import CWD_REF_KEY, ablation_spec, parser, preset_from_args, report, run  # noqa: E402
-from segdistill.study.cli_args import script_main  # noqa: E402
-from segdistill.study.presets import pick  # noqa: E402
+from segdistill.catalog import MU
+from segdistill.study.cli_args import (
+    CWD_REF_KEY,
+    ablation_spec,
+    parser,
+    preset_from_args,
+    report,
+    run,
+    script_main,
+)
+from segdistill.study.presets import pick
 
 MUS = (-2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 
@@ -23,7 +26,7 @@ MUS = (-2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
     preset = preset_from_args(args)
-    hwd = {"distill.method": "hwd", "distill.beta": 0.1, "distill.weighting": "smooth", "tag.group": "mu"}
+    hwd = {"distill.method": "hwd", "distill.beta": 0.1, "distill.weighting": "smooth", "tag.group": MU}
     variants = [{**hwd, "distill.mu": m, "tag.setting": f"mu={m:g}"} for m in pick(preset, MUS, (-1.0, 1.0))]
     spec = ablation_spec(__file__, preset, variants)
     df = run(spec, args)

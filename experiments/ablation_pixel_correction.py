@@ -9,14 +9,17 @@ runs without it). This ablation answers that on the synthetic benchmark or a rea
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-
-from segdistill.study.cli_args import CWD_REF_KEY, ablation_spec, parser, preset_from_args, report, run  # noqa: E402
-from segdistill.study.cli_args import script_main  # noqa: E402
-from segdistill.study.presets import pick  # noqa: E402
+from segdistill.catalog import PIXEL_CORRECTION
+from segdistill.study.cli_args import (
+    CWD_REF_KEY,
+    ablation_spec,
+    parser,
+    preset_from_args,
+    report,
+    run,
+    script_main,
+)
+from segdistill.study.presets import pick
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     mu0 = preset.base.distill.mu
     mus = pick(preset, tuple(sorted({mu0, 1.0})), (mu0,))
     variants = [{"distill.method": "hwd", "distill.pixel_correction": pc, "distill.mu": m,
-                 "tag.group": "pixel_correction", "tag.setting": f"{pc} mu={m:g}"}
+                 "tag.group": PIXEL_CORRECTION, "tag.setting": f"{pc} mu={m:g}"}
                 for pc in ("n", "none") for m in mus]
     spec = ablation_spec(__file__, preset, variants)
     df = run(spec, args)

@@ -20,21 +20,23 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from segdistill.results import read_table, read_trials  # noqa: E402
-from segdistill.study import StudySpec  # noqa: E402
-from segdistill.study.cli_args import parser, preset_from_args, run, study_name  # noqa: E402
-from segdistill.study.cli_args import script_main  # noqa: E402
-from segdistill.study.presets import PAPER_MU, REPORTED_METRIC, Preset  # noqa: E402
-from segdistill.summary import difference_se, welch_t_test  # noqa: E402
+import numpy as np
+import pandas as pd
+from segdistill.catalog import BENCHMARK, SEARCH, experiment_tags
+from segdistill.results import read_table, read_trials
+from segdistill.study import StudySpec
+from segdistill.study.cli_args import (
+    parser,
+    preset_from_args,
+    run,
+    script_main,
+    study_name,
+)
+from segdistill.study.presets import PAPER_MU, REPORTED_METRIC, Preset
+from segdistill.summary import difference_se, welch_t_test
 
 METRIC = REPORTED_METRIC  # what checks (1) and (3) use: final mIoU (no selection on val)
 LAST_EVALS = 2  # the "last_evals_miou" protocol: mean val mIoU of a trial's last 2 evaluations
@@ -48,6 +50,7 @@ INSTANCES = {"smoke": 2, "demo": 3, "paper": 1}  # data.seed 0..N-1, each its ow
 TRIALS = {"smoke": 2, "demo": 8, "paper": 8}  # Optuna trials per method (--trials)
 SWEEP_SEED = 1000  # the sweep's one seed, outside 0..N-1: the comparison is not run on the seed it was picked on
 MIN_SEEDS, MIN_GAP, MAX_STD, N_SE = 5, 0.10, 0.01, 2.0  # issue 9's thresholds
+EXPERIMENT = "benchmark_check"
 MIN_INSTANCES = 3  # issue 16: the pooled verdicts need at least 3 data instances
 
 
@@ -67,7 +70,7 @@ def study(preset: Preset, name: str, variants: list[dict], seeds, group: str, **
     # cohort_size=1: one student per trial, so each row's wall_time_s is that student's own cost
     return StudySpec(name=name, base=preset.base, variants=variants, seeds=tuple(seeds), teacher=preset.teacher,
                      shape=preset.shape, resources=preset.resources, cohort_size=1,
-                     tags={"preset": preset.name, "group": group}, **kw)
+                     tags=experiment_tags(EXPERIMENT, preset.name, group), **kw)
 
 
 def completed(results: str, name: str) -> pd.DataFrame:
@@ -330,16 +333,16 @@ def main(argv: list[str] | None = None) -> int:
     with ray_session(args.address):  # one Ray for the four studies (run_study reuses it)
         timed("baseline", study(preset, names["baseline"],
                                 [{"distill.method": "none", "data.seed": i, "tag.setting": f"baseline data.seed={i}"}
-                                 for i in instances], preset.seeds, "benchmark"))
+                                 for i in instances], preset.seeds, BENCHMARK))
         chosen = {}
         for m, v in arms_of.items():  # the sweeps run on the first instance only
             timed(f"sweep_{m}", study(preset, names[f"sweep_{m}"],
                                       [{**v, "data.seed": instances[0], "tag.setting": f"sweep_{m}"}], (SWEEP_SEED,),
-                                      "search", search="optuna", space=alpha_tau_space, num_samples=trials))
+                                      SEARCH, search="optuna", space=alpha_tau_space, num_samples=trials))
             chosen[m] = best_of_sweep(args.results, names[f"sweep_{m}"])
         arms = [{**v, "distill.alpha": chosen[m]["alpha"], "distill.tau": chosen[m]["tau"], "data.seed": i,
                  "tag.setting": f"{m} data.seed={i}"} for i in instances for m, v in arms_of.items()]
-        timed("distilled", study(preset, names["distilled"], arms, preset.seeds, "benchmark"))
+        timed("distilled", study(preset, names["distilled"], arms, preset.seeds, BENCHMARK))
     out = checks(args.results, names, chosen, len(preset.seeds), instances)
     wall = time.time() - t0
     out.update(preset=preset.name, trials_per_sweep=trials, wall_s=_num(wall), study_wall_s=walls)

@@ -7,14 +7,18 @@ teacher. Students record per-class IoU, accuracy, pixel counts and TD/NTD (segdi
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-
-from segdistill.study import StudySpec  # noqa: E402
-from segdistill.study.cli_args import parser, preset_from_args, report, run, study_name  # noqa: E402
-from segdistill.study.cli_args import script_main  # noqa: E402
+from segdistill.catalog import CLASS_ANALYSIS, experiment_tags
+from segdistill.study import StudySpec
+from segdistill.study.cli_args import (
+    parser,
+    preset_from_args,
+    report,
+    run,
+    script_main,
+    study_name,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "run.sample_images": 2 if preset.subset else 4})
     spec = StudySpec(name=study_name(__file__, preset), base=base, variants=variants, seeds=preset.seeds,
                      teacher=preset.teacher, shape=preset.shape, resources=preset.resources,
-                     tags={"preset": preset.name, "group": "class_analysis"})
+                     tags=experiment_tags("class_analysis", preset.name, CLASS_ANALYSIS))
     df = run(spec, args)
     report(df, args, spec, by=["distill.method"], reference={"distill.method": "none"},
            title="baseline / CWD / HWD (per-class tables in per_class)")

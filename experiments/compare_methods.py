@@ -9,16 +9,25 @@ baseline of the same student and dataset. The smoke preset runs every method on 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-
-from segdistill.config import known_methods  # noqa: E402
-from segdistill.study import StudySpec  # noqa: E402
-from segdistill.study.cli_args import parser, preset_from_args, report, run, study_name  # noqa: E402
-from segdistill.study.cli_args import script_main  # noqa: E402
-from segdistill.study.presets import PAPER_MU, compare_methods_preset, method_overrides, pick  # noqa: E402
+from segdistill.catalog import COMPARISON, experiment_tags
+from segdistill.config import known_methods
+from segdistill.study import StudySpec
+from segdistill.study.cli_args import (
+    parser,
+    preset_from_args,
+    report,
+    run,
+    script_main,
+    study_name,
+)
+from segdistill.study.presets import (
+    PAPER_MU,
+    compare_methods_preset,
+    method_overrides,
+    pick,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 variants.append(v)
     spec = StudySpec(name=study_name(__file__, preset), base=preset.base, variants=variants, seeds=preset.seeds,
                      teacher=preset.teacher, shape=preset.shape, resources=preset.resources,
-                     tags={"preset": preset.name, "group": "comparison"})
+                     tags=experiment_tags("compare_methods", preset.name, COMPARISON))
     df = run(spec, args)
     report(df, args, spec, by=["data.name", "model.arch", "distill.method"], reference={"distill.method": "none"},
            title="methods vs the CE-only baseline (paper Tables II/III)")

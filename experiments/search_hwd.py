@@ -7,14 +7,16 @@ continues with ``--resume``.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-
-from segdistill.study import StudySpec  # noqa: E402
-from segdistill.study.cli_args import parser, preset_from_args, report, run, study_name  # noqa: E402
-from segdistill.study.cli_args import script_main  # noqa: E402
+from segdistill.catalog import SEARCH, experiment_tags
+from segdistill.study import StudySpec
+from segdistill.study.cli_args import (
+    parser,
+    preset_from_args,
+    report,
+    run,
+    script_main,
+    study_name,
+)
 
 
 def hwd_space(trial) -> dict:
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = StudySpec(name=study_name(__file__, preset), base=preset.base, variants=({"distill.method": "hwd"},),
                      seeds=preset.seeds[:1], search="optuna", space=hwd_space, num_samples=samples,
                      scheduler="asha", teacher=preset.teacher, shape=preset.shape, resources=preset.resources,
-                     tags={"preset": preset.name, "group": "search"})
+                     tags=experiment_tags("search_hwd", preset.name, SEARCH))
     df = run(spec, args)
     report(df, args, spec, by=["status"], title="Optuna TPE + ASHA over HWD")
     students = df[df["role"] != "teacher"].sort_values("best_miou", ascending=False)

@@ -12,11 +12,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-
-from segdistill.study import StudySpec, TeacherRecipe  # noqa: E402
-from segdistill.study.cli_args import parser, preset_from_args, report, study_name, view_args  # noqa: E402
-from segdistill.study.cli_args import script_main  # noqa: E402
+from segdistill.catalog import TEACHERS, experiment_tags
+from segdistill.study import StudySpec, TeacherRecipe
+from segdistill.study.cli_args import (
+    parser,
+    preset_from_args,
+    report,
+    script_main,
+    study_name,
+    view_args,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     for arch in archs:
         spec = StudySpec(name=f"{study_name(__file__, preset)}-{arch}", base=preset.base, variants=variants,
                          teacher=TeacherRecipe(arch, preset.teacher.overrides), shape=preset.shape,
-                         resources=preset.resources, tags={"preset": preset.name})
+                         resources=preset.resources, tags=experiment_tags("train_teachers", preset.name, TEACHERS))
         try:
             df = teachers_only(spec, results_root=args.results, address=args.address, zoo=args.zoo, **view_args(args))
         except MlflowUnavailableError as exc:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from .. import catalog
 from ..cli import OneLineArgumentParser
 from ..config import ConfigError
 from .presets import PRESETS, REAL_DATA_PRESETS, REPORTED_METRIC, Preset, get_preset
@@ -121,22 +122,23 @@ def _preset_from_args(args: argparse.Namespace) -> Preset:
                       teacher_arch=getattr(args, "teacher_arch", None))
 
 
-CWD_REFERENCE = {"distill.method": "cwd", "tag.group": "cwd_ref", "tag.setting": "cwd"}
+CWD_REFERENCE = {"distill.method": "cwd", "tag.group": catalog.CWD_REF, "tag.setting": "cwd"}
 """The CWD variant the ablations test every setting against (``reference=`` of :func:`report`)."""
-CWD_REF_KEY = {"group": "cwd_ref", "setting": "cwd"}
+CWD_REF_KEY = {"group": catalog.CWD_REF, "setting": "cwd"}
 
 
 def ablation_spec(script: str, preset: Preset, variants: Sequence[Mapping[str, Any]]) -> StudySpec:
     """A grid study over ``variants`` plus the CWD reference, with the preset's base, seeds, teacher,
     trial shape and resources."""
+    catalog.check_variant_groups(Path(script).stem, variants)
     return StudySpec(name=study_name(script, preset), base=preset.base, variants=[*variants, CWD_REFERENCE],
                      seeds=preset.seeds, teacher=preset.teacher, shape=preset.shape, resources=preset.resources,
-                     tags={"preset": preset.name})
+                     tags=catalog.experiment_tags(Path(script).stem, preset.name))
 
 
 def study_name(script: str, preset: Preset) -> str:
     """``ablation_beta-demo``: one results directory per script and preset."""
-    return f"{Path(script).stem}-{preset.name}"
+    return catalog.study_name(Path(script).stem, preset.name)
 
 
 def run(spec: StudySpec, args: argparse.Namespace) -> pd.DataFrame:
