@@ -1,6 +1,6 @@
 """Input-pipeline benchmark: can the loader with the paper's augmentation outrun the GPU step?
 
-Times the trainer's own DataLoader (``Trainer._loader``: seeded per-sample augmentation, random scale
+Times the trainer's own DataLoader (``segdistill.runstate.loader``: seeded per-sample augmentation, random scale
 0.5-2, pad, crop, flip) for a number of worker processes, on
 
 - ``synthetic``: the embedded dataset (in-memory uint8 scenes), at the given image/crop size;
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from segdistill.config import TrainConfig
-from segdistill.train import Trainer
+from segdistill.runstate import loader, setup
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,12 +76,12 @@ def main() -> None:
                                   "cpu_count": torch.multiprocessing.cpu_count()}
     for workers in (int(w) for w in a.workers.split(",")):
         cfg = TrainConfig().replace(**over, **{"data.num_workers": workers})
-        trainer = Trainer(cfg)
-        loader = trainer._loader(0, cfg.optim.iterations)
+        run = setup(cfg)
+        batches = loader(run, 0, cfg.optim.iterations)
         t0 = time.perf_counter()  # from the start, so prefetched batches are not free
         n = n_steady = 0
         t_steady = None
-        for i, batch in enumerate(loader):
+        for i, batch in enumerate(batches):
             n += batch[0].shape[0]
             if i == a.steady - 1:
                 t_steady = time.perf_counter()

@@ -37,7 +37,7 @@ def _worker(rank: int, world: int, port: int, out: str, queue) -> None:
     try:
         torch.set_num_threads(1)
         from segdistill.config import TrainConfig
-        from segdistill.train import Trainer
+        from segdistill.train import setup, train
 
         cfg = TrainConfig().replace(**{
             "data.num_classes": 5, "data.image_size": 48, "data.crop_size": 40, "data.train_images": 8,
@@ -45,9 +45,9 @@ def _worker(rank: int, world: int, port: int, out: str, queue) -> None:
             "run.out_dir": out, "run.progress": False, "run.device": "cpu", "model.arch": "deeplabv3_tiny_r18",
         })
         events = []
-        trainer = Trainer(cfg, [type("CB", (), {"on_eval": lambda self, e: events.append(e)})()])
-        res = trainer.run()
-        weights = sum(float(p.detach().double().sum()) for p in trainer.student.parameters())
+        run = setup(cfg)
+        res = train(run, [type("CB", (), {"on_eval": lambda self, e: events.append(e)})()])
+        weights = sum(float(p.detach().double().sum()) for p in run.student.parameters())
         queue.put((rank, res.final_miou, events[-1].checkpoint_dir, res.iterations_done, weights))
     finally:
         dist.destroy_process_group()

@@ -15,7 +15,7 @@ from segdistill.cohort import check_cohort, cohort_signature, fit_cohort
 from segdistill.config import TrainConfig
 from segdistill.data import build_datasets
 from segdistill.teacher_cache import augmentation_variants
-from segdistill.train import Trainer, configure_gpu_backends, fit, segmentation_ce
+from segdistill.train import configure_gpu_backends, fit, segmentation_ce, setup, train
 from segdistill.upsample_ce import interp_matrix, upsampled_cross_entropy
 
 TEACHER = "deeplabv3_tiny_r101"
@@ -150,10 +150,10 @@ def test_blocked_ce_in_the_trainer_matches_literal(tmp_path, teacher_file):
 def test_teacher_cache_gives_the_live_teachers_losses(tmp_path, teacher_file):
     cache = tmp_path / "cache"
     live = fit(distilled(tmp_path / "live", teacher_file))
-    trainer = Trainer(distilled(tmp_path / "cached", teacher_file, **{"run.teacher_cache": str(cache)}))
-    assert trainer.uses_teacher_cache and trainer.teacher is None  # the live teacher is freed
-    assert trainer.teacher_cache is not None and trainer.teacher_cache.variants == 2 and len(trainer.teacher_cache) == 20
-    cached = trainer.run()
+    run = setup(distilled(tmp_path / "cached", teacher_file, **{"run.teacher_cache": str(cache)}))
+    assert run.uses_teacher_cache and run.teacher is None  # the live teacher is freed
+    assert run.teacher_cache is not None and run.teacher_cache.variants == 2 and len(run.teacher_cache) == 20
+    cached = train(run)
     assert_same_run(live, cached)
     files = list(cache.glob("teacher-logits-*.pt"))
     assert len(files) == 1
@@ -168,8 +168,8 @@ def test_teacher_cache_only_for_finite_augmentation(tmp_path, teacher_file):
     assert augmentation_variants(train) == 2
     cfg = distilled(tmp_path / "scaled", teacher_file, **{"data.scale_max": 1.5, "run.teacher_cache": str(tmp_path / "c")})
     assert augmentation_variants(build_datasets(cfg.data)[0]) is None
-    trainer = Trainer(cfg)
-    assert trainer.teacher_cache is None and trainer.teacher is not None and not trainer.uses_teacher_cache
+    run = setup(cfg)
+    assert run.teacher_cache is None and run.teacher is not None and not run.uses_teacher_cache
     assert not list((tmp_path / "c").glob("teacher-logits-*.pt"))
 
 

@@ -500,14 +500,14 @@ class _StopAt:
 
 @pytest.mark.parametrize("method", ["skd", "cirkd", "mgd"])
 def test_trainer_optimises_method_modules_and_resumes_exactly(tmp_path, teacher_file, method):
-    from segdistill.train import Trainer
+    from segdistill.runstate import setup
 
     over = {"distill.method": method, "distill.alpha": reference_alpha(method),
             "distill.teacher_checkpoint": str(teacher_file)}
-    trainer = Trainer(_tiny(tmp_path / "probe", **over))
-    in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
-    assert {id(p) for p in trainer.distiller.student_parameters()} <= in_opt
-    adversary = getattr(trainer.distiller, "adversary", None)
+    run = setup(_tiny(tmp_path / "probe", **over))
+    in_opt = {id(p) for g in run.optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in run.distiller.student_parameters()} <= in_opt
+    adversary = getattr(run.distiller, "adversary", None)
     if adversary is not None:
         assert not {id(p) for p in adversary.parameters()} & in_opt
 

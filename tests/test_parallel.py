@@ -155,7 +155,7 @@ def _fit_worker(rank: int, world: int, port: int, queue, out: str) -> None:
         torch.set_num_threads(1)
         from segdistill.config import TrainConfig
         from segdistill.parallel import count_sync_batchnorm
-        from segdistill.train import Trainer
+        from segdistill.train import setup, train
 
         cfg = TrainConfig().replace(**{
             "data.num_classes": 5, "data.image_size": 48, "data.crop_size": 40, "data.train_images": 8,
@@ -163,11 +163,11 @@ def _fit_worker(rank: int, world: int, port: int, queue, out: str) -> None:
             "run.out_dir": out, "run.progress": False, "run.device": "cpu", "model.arch": "deeplabv3_tiny_r18",
             "optim.sync_bn": True,
         })
-        trainer = Trainer(cfg)
-        res = trainer.run()
-        weights = sum(float(p.detach().double().sum()) for p in trainer.student.parameters())
-        stats = sum(float(b.double().sum()) for n, b in trainer.student.named_buffers() if "running" in n)
-        queue.put((rank, (count_sync_batchnorm(trainer.student), res.iterations_done, weights, stats)))
+        run = setup(cfg)
+        res = train(run)
+        weights = sum(float(p.detach().double().sum()) for p in run.student.parameters())
+        stats = sum(float(b.double().sum()) for n, b in run.student.named_buffers() if "running" in n)
+        queue.put((rank, (count_sync_batchnorm(run.student), res.iterations_done, weights, stats)))
     finally:
         dist.destroy_process_group()
 

@@ -50,7 +50,8 @@ from segdistill.models.reference import backbone_file_key_map
 from segdistill.study import StudySpec
 from segdistill.study.preflight import PreflightError, preflight_spec
 from segdistill.study.presets import get_preset
-from segdistill.train import Trainer, load_teacher, save_model_artifact, upsample_logits
+from segdistill.evaluation import collect_extras
+from segdistill.train import load_teacher, save_model_artifact, setup, upsample_logits
 
 TOL = 1e-4  # x max|golden| per array (golden_index.json "comparison_advice")
 CPU = torch.device("cpu")
@@ -212,13 +213,13 @@ def test_trainer_and_preflight_take_reference_files(tmp_path: Path, ref_files) -
     teacher_file, backbone_file = ref_files("deeplabv3_resnet18"), ref_files("backbone_resnet18_v1s")
     cfg = _trainer_config(tmp_path, teacher_file, backbone_file)
     preflight_spec(StudySpec(name="reference_files", base=cfg))  # raises on any problem
-    trainer = Trainer(cfg)
+    run = setup(cfg)
     errors: dict[str, float] = {}
     x = inputs()["65x97"]
     with torch.no_grad():
-        _check("deeplabv3_resnet18", "out0_logits_65x97", trainer.teacher(x).logits, errors)
-        trainer.student.eval()
-        _check("backbone_resnet18_v1s", "c4_os8_64x64", trainer.student.backbone(inputs()["64x64"])["stage4"], errors)
+        _check("deeplabv3_resnet18", "out0_logits_65x97", run.teacher(x).logits, errors)
+        run.student.eval()
+        _check("backbone_resnet18_v1s", "c4_os8_64x64", run.student.backbone(inputs()["64x64"])["stage4"], errors)
     print(f"\ntrainer: {errors}")
 
 
@@ -236,7 +237,7 @@ def test_reference_files_need_reference_preprocessing(tmp_path: Path, ref_files)
                   "set data.channel_order=bgr data.pixel_scale=1.0"):
         assert field in text, (field, text)
     with pytest.raises(ConfigError, match="expect other input preprocessing"):
-        Trainer(cfg)  # the trainer checks too (a run started without the study layer)
+        setup(cfg)  # the trainer checks too (a run started without the study layer)
     torchvision_state = {k: v for k, v in _torchvision_resnet18().items()}
     torch.save(torchvision_state, tmp_path / "tv.pth")
     tv_cfg = _trainer_config(tmp_path, ref_files("deeplabv3_resnet18"), tmp_path / "tv.pth",
@@ -471,9 +472,9 @@ def test_figures_show_the_rgb_image_under_bgr_preprocessing(tmp_path: Path) -> N
                                    "data.num_classes": 5, "data.train_images": 4, "data.val_images": 2,
                                    "optim.iterations": 1, "optim.batch_size": 2, "run.sample_images": 1,
                                    "run.device": "cpu", "run.progress": False, "run.out_dir": str(tmp_path)})
-    trainer = Trainer(cfg)
-    _, samples = trainer.collect_extras()
-    src = trainer.val_ds.source.load(0)[0]
+    run = setup(cfg)
+    _, samples = collect_extras(run)
+    src = run.val_ds.source.load(0)[0]
     assert np.array_equal(samples[0]["image"], src.permute(1, 2, 0).numpy())
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from segdistill.config import TrainConfig
-from segdistill.train import MODEL_FILE, NonFiniteLossError, Trainer, fit, load_teacher
+from segdistill.train import MODEL_FILE, NonFiniteLossError, fit, load_teacher, setup, train
 
 TEACHER = "deeplabv3_tiny_r101"
 STUDENT = "deeplabv3_tiny_r18"
@@ -120,10 +120,10 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 
 def test_non_finite_loss_names_iteration_and_term(tmp_path):
-    trainer = Trainer(tiny(tmp_path))
-    trainer.student.head.classifier.register_forward_hook(lambda m, i, o: o * float("nan"))
+    run = setup(tiny(tmp_path))
+    run.student.head.classifier.register_forward_hook(lambda m, i, o: o * float("nan"))
     with pytest.raises(NonFiniteLossError, match=r"iteration 0.*loss/ce"):
-        trainer.run()
+        train(run)
 
 
 def test_opt_in_figure_data_reaches_parquet(tmp_path):
@@ -139,3 +139,29 @@ def test_opt_in_figure_data_reaches_parquet(tmp_path):
     assert (sample["prediction"] == res.samples[0]["prediction"]).all()
     plain = fit(tiny(tmp_path / "plain", **{"optim.iterations": 1}))
     assert plain.embeddings is None and plain.samples is None
+
+
+def test_hooks_act_on_the_run_and_stop_it(tmp_path):
+    """Hooks are the loop's extension points: one that runs after the schedule changes every step's
+    learning rate; one whose after_step says True stops the run early (checkpointed, resumable)."""
+    from segdistill.hooks import Hook, LRSchedule, default_hooks, poly_lr
+
+    class HalfLR(Hook):
+        def before_step(self, loop):
+            for group in loop.run.optimizer.param_groups:
+                group["lr"] *= 0.5
+
+    class StopAt(Hook):
+        def after_step(self, loop, terms):
+            return loop.run.iteration == 3
+
+    cfg = tiny(tmp_path, **{"optim.iterations": 4, "run.eval_every": 1})
+    hooks = default_hooks()
+    assert isinstance(hooks[0], LRSchedule)
+    res = train(setup(cfg), hooks=[hooks[0], HalfLR(), *hooks[1:], StopAt()])
+    lrs = [r["lr"] for r in res.curves if "lr" in r]
+    assert lrs == [0.5 * poly_lr(cfg.optim.lr, i, 4, cfg.optim.power) for i in range(3)]
+    assert res.iterations_done == 3 and res.stopped_early
+    resumed = fit(cfg)  # the default recipe continues from the checkpoint of iteration 3
+    assert resumed.iterations_done == 4 and not resumed.stopped_early
+    assert [r["iteration"] for r in resumed.curves if "lr" in r] == [1, 2, 3, 4]

@@ -147,7 +147,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     the trainer's evaluation (whole images, ``model.eval_align_corners`` upsampling, mIoU over the
     classes present)."""
     from .checkpoints import check_preprocessing, describe_format, load_model, read_model_file
-    from .train import Trainer
+    from .evaluation import evaluate
+    from .runstate import setup
 
     file = read_model_file(args.model)
     arch = args.arch or file.arch
@@ -160,12 +161,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _base_config(args).replace(**flat)
     model, file = load_model(file, arch=arch, aux=False)
     check_preprocessing(file.preprocessing, cfg.data, field="model", value=args.model, why=describe_format(file))
-    trainer = Trainer(cfg)
-    if file.num_classes != trainer.num_classes:
-        raise ConfigError(f"{args.model} predicts {file.num_classes} classes, but {cfg.data.name} has {trainer.num_classes}")
-    trainer.student.load_state_dict(model.state_dict())
-    conf = trainer.evaluate()["conf"]
-    print(f"{arch} on {cfg.data.name} val ({len(trainer.val_ds)} images, eval_align_corners="
+    run = setup(cfg)
+    if file.num_classes != run.num_classes:
+        raise ConfigError(f"{args.model} predicts {file.num_classes} classes, but {cfg.data.name} has {run.num_classes}")
+    run.student.load_state_dict(model.state_dict())
+    conf = evaluate(run)["conf"]
+    print(f"{arch} on {cfg.data.name} val ({len(run.val_ds)} images, eval_align_corners="
           f"{cfg.model.eval_align_corners}): mIoU {conf['miou']:.4f}  (reference all-classes average "
           f"{conf['miou_all_classes']:.4f})  pixel acc {conf['pixel_acc']:.4f}  "
           f"mean acc {conf['mean_acc']:.4f}  classes present {conf['classes_present']}")

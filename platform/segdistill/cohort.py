@@ -16,10 +16,13 @@ from (seed, iteration) exactly as a solo run does, and the teacher is a fixed fu
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .config import TrainConfig
-from .train import FitResult, Trainer
+from .hooks import default_hooks
+from .runstate import Placement, attach_teacher, batches, load_data, setup
+from .train import FitResult, Loop
 
 # Flat config keys that may differ between the members of one cohort; everything else must match.
 MEMBER_KEYS = frozenset({
@@ -75,52 +78,56 @@ def fit_cohort(cfgs: Sequence[TrainConfig], callbacks: Sequence[Sequence[object]
     cbs = [list(c) for c in callbacks] if callbacks is not None else [[] for _ in cfgs]
     if len(cbs) != len(cfgs):
         raise ValueError(f"{len(cfgs)} configurations but {len(cbs)} callback lists")
-    # The leader (a distilling member when there is one) owns the datasets, teacher and teacher cache.
-    order = sorted(range(len(cfgs)), key=lambda i: cfgs[i].distill.method == "none")
-    lead = order[0]
-    trainers: dict[int, Trainer] = {lead: Trainer(cfgs[lead], cbs[lead], keep_teacher=True)}
-    leader = trainers[lead]
-    for i in order[1:]:
-        trainers[i] = Trainer(cfgs[i], cbs[i], shared=leader)
-    members = [trainers[i] for i in range(len(cfgs))]
+    # One data stream and one teacher for all: the datasets, then every member's run on them, then the
+    # teacher of the leader (a distilling member when there is one; its logits cache, when it taps no
+    # features, serves the others that tap none; the live teacher stays for those that do).
+    lead = min(range(len(cfgs)), key=lambda i: cfgs[i].distill.method == "none")
+    inputs = load_data(cfgs[lead])
+    runs = [setup(cfg, inputs=inputs) for cfg in cfgs]
+    leader = runs[lead]
+    if leader.distiller is not None:
+        attach_teacher(inputs, cfgs[lead], Placement.of(cfgs[lead]),
+                       cache=not leader.distiller.required_features, keep_live=True)
+    loops = [Loop(run, default_hooks(cb)) for run, cb in zip(runs, cbs)]
     t_begin = time.perf_counter()
-    for m in members:
-        m.begin(resume)
-    own0 = {id(m): m.train_time + m.eval_time for m in members}
+    for loop in loops:
+        loop.begin(resume)
+    own0 = [r.train_time + r.eval_time for r in runs]
     total = cfgs[0].optim.iterations
-    active = [m for m in members if m.iteration < total]
+    active = [i for i, r in enumerate(runs) if r.iteration < total]
     failed: dict[int, BaseException] = {}
     if active:
-        start = min(m.iteration for m in active)
+        start = min(runs[i].iteration for i in active)
         t_data = time.perf_counter()
-        for offset, (images, labels, keys) in enumerate(leader.batches(start)):
+        for offset, (images, labels, keys) in enumerate(batches(leader, start)):
             iteration = start + offset
-            due = [m for m in active if m.iteration == iteration]  # members ahead after a resume skip
+            due = [i for i in active if runs[i].iteration == iteration]  # members ahead after a resume skip
             live = None
-            if any(m.distiller is not None and not m.uses_teacher_cache for m in due):
+            if any(runs[i].distiller is not None and not runs[i].uses_teacher_cache for i in due):
                 live = leader.live_teacher_output(images)
-            cached = leader.cached_teacher_output(keys) if any(m.uses_teacher_cache for m in due) else None
+            cached = leader.cached_teacher_output(keys) if any(runs[i].uses_teacher_cache for i in due) else None
             shared_s = (time.perf_counter() - t_data) / max(1, len(due))
-            for m in due:
-                teacher_output = None if m.distiller is None else (cached if m.uses_teacher_cache else live)
+            for i in due:
+                run = runs[i]
+                teacher_output = None if run.distiller is None else (cached if run.uses_teacher_cache else live)
                 try:
-                    stop = m.step(images, labels, teacher_output, extra_seconds=shared_s)
+                    stop = loops[i].step(images, labels, teacher_output, extra_seconds=shared_s)
                 except Exception as exc:
                     if not isolate_failures:
                         raise
-                    failed[id(m)] = exc
-                    for cb in m.callbacks:  # tell the member's callbacks now, not when the cohort ends
+                    failed[i] = exc
+                    for cb in cbs[i]:  # tell the member's callbacks now, not when the cohort ends
                         if hasattr(cb, "on_error"):
                             cb.on_error(exc)
                     stop = True
                 if stop:
-                    active.remove(m)
+                    active.remove(i)
             if not active:
                 break
             t_data = time.perf_counter()
     # Wall time: each member's own training and evaluation time plus an equal share of the rest
     # (setup, the shared teacher forward is already in train_time), so the members' times sum to
     # the cohort's and cost accounting over rows stays right.
-    own = {id(m): m.train_time + m.eval_time - own0[id(m)] for m in members}
-    rest = max(0.0, time.perf_counter() - t_begin - sum(own.values())) / len(members)
-    return [failed[id(m)] if id(m) in failed else m.end(wall_seconds=own[id(m)] + rest) for m in members]
+    own = [r.train_time + r.eval_time - t0 for r, t0 in zip(runs, own0)]
+    rest = max(0.0, time.perf_counter() - t_begin - sum(own)) / len(runs)
+    return [failed[i] if i in failed else loops[i].finish(wall_seconds=own[i] + rest) for i in range(len(runs))]

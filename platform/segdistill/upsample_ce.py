@@ -1,8 +1,8 @@
 """Cross-entropy of bilinearly upsampled logits, without the full-resolution tensors.
 
 Paper Eq. (1) upsamples the student's 1/8-resolution logits ``(B, C, h, w)`` bilinearly to the label
-size ``(H, W)`` and takes the pixel-wise cross-entropy. Done literally (:func:`segmentation_ce` in
-``train.py``) this materialises ``(B, C, H, W)`` logits, their fp32 copy, the softmax, and in the
+size ``(H, W)`` and takes the pixel-wise cross-entropy. Done literally (:func:`segmentation_ce`,
+the trainer's default) this materialises ``(B, C, H, W)`` logits, their fp32 copy, the softmax, and in the
 backward pass runs ``upsample_bilinear2d_backward``, a scatter with atomics: on an H200 that path
 is ~40% of a distillation step (DESIGN.md, measured anchors).
 
@@ -26,7 +26,15 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+
+def segmentation_ce(logits: Tensor, labels: Tensor, ignore_index: int = 255, *, align_corners: bool = False) -> Tensor:
+    """Paper Eq. (1), literally: CE of logits (B, C, h, w) bilinearly upsampled to the labels (B, H, W)
+    (``align_corners``: ``model.ce_align_corners`` / ``model.aux_align_corners``)."""
+    up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=align_corners)  # (B, C, H, W)
+    return F.cross_entropy(up.float(), labels, ignore_index=ignore_index)
 
 # Elements of one block of full-resolution logits (B * C * rows * W); 2^24 fp32 = 64 MiB.
 BLOCK_ELEMENTS = 1 << 24

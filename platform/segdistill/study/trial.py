@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..config import TrainConfig
+from ..layout import CHECKPOINT_DIR, STATE_FILE
 from ..results import part_path, record_from_fit, write_trial
 from .names import LEGACY_SEED_KEY, LEGACY_VARIANT_KEY, SEED_KEY, SETTING_KEY, setting_names
 from .spec import TAG_PREFIX, Resources
 
-STATE_FILE = "state.pt"
-CHECKPOINT_DIR = "checkpoint"
 ATTEMPTS_FILE = "attempts.jsonl"  # one line per start of a trial (restarts = lines - 1)
 
 

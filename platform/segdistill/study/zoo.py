@@ -28,10 +28,10 @@ from typing import Iterator
 import pandas as pd
 
 from ..config import TrainConfig
+from ..layout import MODEL_FILE
 from ..results import TrialRecord, read_table, write_trial
 from .spec import recipe_hash, safe_name
 
-MODEL_FILE = "model.pt"
 RECORDS = "_records"
 RECORD_STUDY = "teachers"
 
