@@ -52,7 +52,7 @@ def comparison_runs(res: Results) -> pd.DataFrame:
 
 
 def method_table(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(table, trial rows used). Raw numbers, one row per (dataset, model, method): n, mean, std (ddof=1) of ``best_miou``
+    """(table, trial rows used). Raw numbers, one row per (dataset, model, method): n, mean, std (ddof=1) of ``METRIC`` (final_miou)
     over seeds, params, flops, the difference to the same student's baseline with Welch's p and
     verdict, and ``best`` (True for the highest student mean of each (dataset, model) block)."""
     t = comparison_runs(res)
@@ -108,7 +108,7 @@ def table2(res: Results, report: Report) -> None:
     data, used = method_table(res)
     title = "Table II: methods x students (one dataset)"
     if data.empty:
-        report.skip("table2", title, "no completed compare_methods student trials with best_miou")
+        report.skip("table2", title, f"no completed compare_methods student trials with {METRIC}")
         return
     f = percent_factor(data["mean"])
     for dataset, d in data.groupby("dataset", sort=True):
@@ -140,7 +140,7 @@ def table3(res: Results, report: Report) -> None:
     data, used = method_table(res)
     title = "Table III: methods across datasets"
     if data.empty:
-        report.skip("table3", title, "no completed compare_methods student trials with best_miou")
+        report.skip("table3", title, f"no completed compare_methods student trials with {METRIC}")
         return
     made = False
     f = percent_factor(data["mean"])
