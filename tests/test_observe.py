@@ -282,8 +282,10 @@ def test_cohort_study_progress_lines_name_every_member(cohort_study):
                          line) for line in lines), text
     assert any(re.search(r"done method=hwd beta=0\.1 seed 0: val mIoU 0\.\d{4} \(best 0\.\d{4}\), 12/12 it", line)
                for line in lines), text
-    # members' own progress while the cohort trial ran: iteration / total, loss, ETA
-    assert any(re.search(r"^\[ *\d+m?\d*s\]   method=hwd beta=0\.9 seed 0: ([1-9]|1[01])/12 it, loss \d", line)
+    # members' own progress lines: iteration / total and loss (which of the mid-run iterations a
+    # 1 s tick catches depends on the machine's speed; the mid-run reports themselves are checked in
+    # Tune's result file below)
+    assert any(re.search(r"^\[ *\d+m?\d*s\]   method=hwd beta=0\.9 seed 0: ([1-9]|1[012])/12 it, loss \d", line)
                for line in lines), text
     assert any("observe_cohort trials: 2/3 done, 1 failed, 0 running, 0 pending" in line for line in lines), text
     best = [line for line in lines if "best val mIoU so far per setting" in line]
@@ -298,7 +300,11 @@ def test_cohort_study_progress_lines_name_every_member(cohort_study):
     assert params["cohort"] == "method=hwd beta=0.1, method=hwd beta=0.9, method=cwd alpha=1e+38"
     kinds = pd.read_json(trial_dir / "result.json", lines=True)
     assert {"progress", "eval", "member_failed", "cohort_end"} <= set(kinds["report"])
-    assert set(kinds.loc[kinds["report"] == "progress", "member"]) == {0, 1}  # each member reports its progress
+    progress = kinds[kinds["report"] == "progress"]
+    assert set(progress["member"]) == {0, 1}  # each member reports its progress while it runs
+    mid = progress[progress["member"] == 1]
+    assert ((mid["iteration"] > 0) & (mid["iteration"] < 12)).all() and len(mid) >= 1
+    assert (mid["total_iterations"] == 12).all() and mid["loss_total"].notna().all()
 
 
 @pytest.mark.ray
