@@ -19,7 +19,6 @@ from .checkpoints import (
     load_model,
 )
 from .config import DataConfig, TrainConfig
-from .layout import MODEL_FILE  # noqa: F401  (re-exported: the artefact's file name)
 from .models.weights import backbone_state
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import TrainConfig
 from .hooks import default_hooks
-from .runstate import Placement, attach_teacher, batches, load_data, setup
+from .runstate import attach_teacher, batches, load_data, setup
 from .train import FitResult, Loop
 
 # Flat config keys that may differ between the members of one cohort; everything else must match.
@@ -86,7 +86,7 @@ def fit_cohort(cfgs: Sequence[TrainConfig], callbacks: Sequence[Sequence[object]
     runs = [setup(cfg, inputs=inputs) for cfg in cfgs]
     leader = runs[lead]
     if leader.distiller is not None:
-        attach_teacher(inputs, cfgs[lead], Placement.of(cfgs[lead]),
+        attach_teacher(inputs, cfgs[lead], leader.place,
                        cache=not leader.distiller.required_features, keep_live=True)
     loops = [Loop(run, default_hooks(cb)) for run, cb in zip(runs, cbs)]
     t_begin = time.perf_counter()

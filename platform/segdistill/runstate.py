@@ -260,7 +260,7 @@ class RunState:
     @property
     def uses_teacher_cache(self) -> bool:
         """True when the distillation loss reads cached teacher logits instead of a live teacher."""
-        return self.teacher_cache is not None and self.distiller is not None and not self.distiller.required_features
+        return self.teacher_cache is not None and not self.distiller.required_features  # a cache implies a distiller
 
     @property
     def out_dir(self) -> Path:
