@@ -43,7 +43,7 @@ TAU_PRIME = "distill.tau_prime"
 PIXEL = "distill.pixel_correction"
 SEED = "run.seed"
 TEACHER_ARCH = "distill.teacher_arch"
-METRIC = catalog.REPORTED_METRIC  # final_miou: what the experiment scripts print too (one definition: catalog.py)
+METRIC = catalog.REPORTED_METRIC  # last_evals_miou: what the experiment scripts print too (one definition: catalog.py)
 
 # Display names of registered methods ("none" is the CE-only baseline); unknown names are upper-cased.
 METHOD_LABELS = {"none": "baseline", "kd": "KD", "skd": "SKD", "ifvd": "IFVD", "cwd": "CWD", "cirkd": "CIRKD",

@@ -52,7 +52,7 @@ def comparison_runs(res: Results) -> pd.DataFrame:
 
 
 def method_table(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(table, trial rows used). Raw numbers, one row per (dataset, model, method): n, mean, std (ddof=1) of ``METRIC`` (final_miou)
+    """(table, trial rows used). Raw numbers, one row per (dataset, model, method): n, mean, std (ddof=1) of ``METRIC`` (catalog.REPORTED_METRIC)
     over seeds, params, flops, the difference to the same student's baseline with Welch's p and
     verdict, and ``best`` (True for the highest student mean of each (dataset, model) block)."""
     t = comparison_runs(res)

@@ -7,7 +7,7 @@ teacher) and pooled over the instances:
 evaluations, best evaluation); the metric every other check and the experiment scripts report is
 ``presets.REPORTED_METRIC``, fixed from these numbers before methods were compared (benchmarks/RESULTS.md),
 and the check prints which protocol its own numbers would pick; (3) with alpha and tau chosen by the
-platform's own Optuna sweep on the first instance (best final mIoU in the sweep's Parquet, on a seed
+platform's own Optuna sweep on the first instance (best reported mIoU in the sweep's Parquet, on a seed
 outside the evaluation seeds) and reused on every instance, CWD or HWD beats the baseline by more
 than 2 standard errors over >= 5 seeds per arm. Also the cost: CPU-minutes per arm and instance, and
 the wall time. Studies ``benchmark_check-<preset>-{baseline,sweep_cwd,sweep_hwd,distilled}``, one Ray session.
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from segdistill.catalog import BENCHMARK, SEARCH, experiment_tags
-from segdistill.results import read_table, read_trials
+from segdistill.catalog import BENCHMARK, LAST_EVALS, SEARCH, experiment_tags
+from segdistill.results import read_trials
 from segdistill.study import StudySpec
 from segdistill.study.cli_args import (
     parser,
@@ -38,11 +38,10 @@ from segdistill.study.cli_args import (
 from segdistill.study.presets import PAPER_MU, REPORTED_METRIC, Preset
 from segdistill.summary import difference_se, welch_t_test
 
-METRIC = REPORTED_METRIC  # what checks (1) and (3) use: final mIoU (no selection on val)
-LAST_EVALS = 2  # the "last_evals_miou" protocol: mean val mIoU of a trial's last 2 evaluations
-PROTOCOLS = {  # candidate evaluation protocols, in the order of preference (simplest first)
+METRIC = REPORTED_METRIC  # what checks (1) and (3) use: mean val mIoU of the last evaluations
+PROTOCOLS = {  # candidate evaluation protocols (trials columns), in the order of preference (simplest first)
     "final_miou": "mIoU of the final model on the validation split (data.val_images images)",
-    "last_evals_miou": f"mean val mIoU of the last {LAST_EVALS} evaluations (curves table)",
+    "last_evals_miou": f"mean val mIoU of the last {LAST_EVALS} evaluations (catalog.last_evals_miou)",
     "best_miou": "the best evaluation's mIoU (selects on the validation split)",
 }
 SEEDS = {"smoke": 2, "demo": 5, "paper": 5}  # evaluation seeds 0..N-1 per arm and instance (--seeds)
@@ -79,7 +78,7 @@ def completed(results: str, name: str) -> pd.DataFrame:
 
 
 def best_of_sweep(results: str, name: str) -> dict:
-    """The completed sweep trial with the highest final mIoU, read from the study's Parquet."""
+    """The completed sweep trial with the highest reported metric (METRIC), read from the study's Parquet."""
     t = completed(results, name)
     t = t[t["role"] != "teacher"].sort_values([METRIC, "trial_id"], ascending=[False, True]) if len(t) else t
     if t.empty:
@@ -114,22 +113,6 @@ def split_arms(t: pd.DataFrame, names: dict[str, str], methods_: list[str]) -> d
     for m in methods_:
         arms[m] = students[(students["study"] == names["distilled"]) & (students["distill.method"] == m)]
     return {**arms, **{f"sweep_{m}": students[students["study"] == names[f"sweep_{m}"]] for m in methods_}}
-
-
-def with_protocols(rows: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` plus a ``last_evals_miou`` column: the mean ``val/miou`` of each trial's last
-    ``LAST_EVALS`` evaluations in ``curves`` (NaN for a trial without evaluations there)."""
-    out = rows.copy()
-    if curves.empty or "val/miou" not in curves:
-        out["last_evals_miou"] = math.nan
-        return out
-    c = curves[["trial_id", "iteration", "val/miou"]].copy()
-    c["val/miou"] = pd.to_numeric(c["val/miou"], errors="coerce")
-    c = c.dropna(subset=["val/miou"]).sort_values(["trial_id", "iteration"])
-    c = c.drop_duplicates(["trial_id", "iteration"], keep="last")
-    last = c.groupby("trial_id")["val/miou"].apply(lambda x: float(x.tail(LAST_EVALS).mean()))
-    out["last_evals_miou"] = out["trial_id"].astype(str).map(last).astype("float64")
-    return out
 
 
 def _values(rows: pd.DataFrame, metric: str = METRIC) -> np.ndarray:
@@ -191,8 +174,6 @@ def checks(results: str, names: dict[str, str], chosen: dict[str, dict], n_seeds
     Parquet; return every number (for the JSON line). Means and stds use completed trials; the cost
     counts every recorded trial (failed ones too)."""
     everything = pd.concat([read_trials(results, n) for n in names.values()], ignore_index=True)
-    curves = read_table(results, "curves", list(names.values()))
-    everything = with_protocols(everything, curves)
     done = everything[everything["status"] == "completed"]
     methods_ = list(chosen)
     seed_of = lambda t: pd.to_numeric(t["data.seed"], errors="coerce")  # noqa: E731

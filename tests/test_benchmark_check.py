@@ -1,10 +1,10 @@
-"""experiments/benchmark_check.py's arithmetic (issue 16), on hand-made frames: the last-evaluations
-protocol, the pooled within-instance std, the protocol choice and one instance's checks.
+"""experiments/benchmark_check.py's arithmetic (issue 16), on hand-made frames: the pooled
+within-instance std, the protocol choice and one instance's checks (the last-evaluations protocol
+itself: tests/test_catalog.py).
 The end-to-end run is tests/test_experiments_smoke.py::test_benchmark_check_smoke."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import math
 import sys
@@ -29,18 +29,8 @@ def bc():
 def test_metric_is_the_reported_protocol(bc):
     from segdistill.study.presets import REPORTED_METRIC
 
-    assert bc.METRIC == REPORTED_METRIC == "final_miou" and list(bc.PROTOCOLS)[0] == REPORTED_METRIC
+    assert bc.METRIC == REPORTED_METRIC == "last_evals_miou" and REPORTED_METRIC in bc.PROTOCOLS
     assert bc.INSTANCES["demo"] >= bc.MIN_INSTANCES == 3
-
-
-def test_last_evals_protocol(bc):
-    rows = pd.DataFrame({"trial_id": ["a", "b", "c"], "final_miou": [0.3, 0.4, 0.5]})
-    curves = pd.DataFrame({"trial_id": ["a", "a", "a", "a", "b", "b"], "iteration": [10, 100, 150, 200, 100, 200],
-                           "val/miou": [np.nan, 0.1, 0.2, 0.3, 0.35, 0.4]})
-    out = bc.with_protocols(rows, curves)
-    assert out["last_evals_miou"].tolist()[:2] == pytest.approx([0.25, 0.375])  # the last 2 evaluations
-    assert math.isnan(out["last_evals_miou"].iloc[2])  # no curve rows
-    assert bc.with_protocols(rows, pd.DataFrame())["last_evals_miou"].isna().all()
 
 
 def test_pooled_std_weights_by_degrees_of_freedom(bc):
@@ -58,9 +48,9 @@ def test_protocol_choice_uses_the_noise_only(bc):
 def test_instance_checks(bc):
     base = [0.20, 0.21, 0.19, 0.20, 0.205]
     cwd = [0.25, 0.26, 0.245, 0.255, 0.25]
-    arms = {"teacher": pd.DataFrame({"final_miou": [0.35], "best_miou": [0.36], "last_evals_miou": [0.3]}),
+    arms = {"teacher": pd.DataFrame({"final_miou": [0.3], "best_miou": [0.36], "last_evals_miou": [0.35]}),
             "baseline": pd.DataFrame({"final_miou": base, "best_miou": base, "last_evals_miou": base}),
-            "cwd": pd.DataFrame({"final_miou": cwd})}
+            "cwd": pd.DataFrame({"last_evals_miou": cwd})}  # checks (1) and (3) read METRIC only
     c = bc.instance_checks(arms, ["cwd"])
     assert c["teacher_gap"]["value"] == pytest.approx(0.35 - np.mean(base), abs=1e-6) and c["teacher_gap"]["pass"]
     assert c["baseline_std"]["value"] == pytest.approx(np.std(base, ddof=1), abs=1e-6) and c["baseline_std"]["pass"]
@@ -68,7 +58,7 @@ def test_instance_checks(bc):
     se = math.sqrt(np.var(cwd, ddof=1) / 5 + np.var(base, ddof=1) / 5)
     assert e["diff"] == pytest.approx(np.mean(cwd) - np.mean(base), abs=1e-6) and e["se"] == pytest.approx(se, abs=1e-6)
     assert e["pass"] and e["n_se"] > 2
-    few = bc.instance_checks({**arms, "cwd": pd.DataFrame({"final_miou": cwd[:3]})}, ["cwd"])
+    few = bc.instance_checks({**arms, "cwd": pd.DataFrame({"last_evals_miou": cwd[:3]})}, ["cwd"])
     assert few["distillation"]["cwd"]["beats_2se"] and not few["distillation"]["cwd"]["pass"]  # < 5 seeds
 
 

@@ -45,3 +45,22 @@ def test_analysis_selects_by_the_experiment_tag_then_by_study_name_for_old_resul
     })
     assert experiment_column(df).tolist() == ["compare_methods", "compare_methods", "", "compare_methods"]
     assert from_experiment(df, "compare_methods")["trial_id"].tolist() == ["a", "b", "d"]
+
+
+def test_reported_metric_is_the_mean_of_the_last_evaluations():
+    """catalog.last_evals_miou: the last LAST_EVALS evaluations by iteration, a repeated iteration once
+    (its last record), fewer evaluations averaged as they are, none NaN; FitResult reports it."""
+    import math
+
+    from segdistill.train import FitResult
+
+    assert catalog.REPORTED_METRIC == "last_evals_miou" and catalog.LAST_EVALS == 2
+    evals = [{"iteration": 10, "val/miou": 0.1}, {"iteration": 20, "val/miou": 0.2},
+             {"iteration": 30, "val/miou": 0.3}, {"iteration": 30, "val/miou": 0.5}]
+    assert catalog.last_evals_miou(evals) == pytest.approx((0.2 + 0.5) / 2)
+    assert catalog.last_evals_miou(evals[:1]) == pytest.approx(0.1)
+    assert math.isnan(catalog.last_evals_miou([])) and math.isnan(catalog.last_evals_miou([{"iteration": 5, "val/miou": None}]))
+    result = FitResult(config=None, iterations_done=30, best_miou=0.5, final_miou=0.5, pixel_acc=0.9, per_class=[],
+                       curves=[], params=1, flops=1.0, wall_time_s=1.0, images_per_s=1.0, device="cpu",
+                       checkpoint_dir=None, model_path=None, evals=evals)
+    assert result.last_evals_miou == pytest.approx(0.35)

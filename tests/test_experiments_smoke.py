@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from segdistill.catalog import REPORTED_METRIC
 from segdistill.results import read_trials
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -104,7 +105,7 @@ def test_benchmark_check_smoke(results):
     closing = [line for line in proc.stdout.splitlines() if line.startswith('{"benchmark_check"')]
     assert closing, tail
     out = json.loads(closing[-1])["benchmark_check"]
-    assert out["instances"] == [0, 1] and out["metric"] == "final_miou" and out["wall_s"] > 0
+    assert out["instances"] == [0, 1] and out["metric"] == REPORTED_METRIC and out["wall_s"] > 0
     trials = read_trials(results)
     mine = trials[trials["study"].str.startswith("benchmark_check-smoke-")]
     assert set(mine["study"]) == set(out["studies"].values()) and set(mine["status"]) == {"completed"}
@@ -115,11 +116,12 @@ def test_benchmark_check_smoke(results):
         per = out["per_instance"][str(inst)]
         baseline = students[(students["study"] == out["studies"]["baseline"]) & (students["data.seed"] == inst)]
         assert set(baseline["run.seed"]) == {0, 1} and set(baseline["distill.method"]) == {"none"}
-        assert per["baseline_mean"] == pytest.approx(baseline["final_miou"].mean(), abs=1e-6)
-        assert per["baseline_std"]["value"] == pytest.approx(baseline["final_miou"].std(), abs=1e-6)
+        assert per["baseline_mean"] == pytest.approx(baseline[REPORTED_METRIC].mean(), abs=1e-6)
+        assert per["baseline_std"]["value"] == pytest.approx(baseline[REPORTED_METRIC].std(), abs=1e-6)
+        assert per["baseline_std"]["by_protocol"]["final_miou"] == pytest.approx(baseline["final_miou"].std(), abs=1e-6)
         assert per["baseline_std"]["by_protocol"]["best_miou"] == pytest.approx(baseline["best_miou"].std(), abs=1e-6)
-        teacher = teachers[teachers["data.seed"] == inst]["final_miou"].iloc[0]
-        assert per["teacher_gap"]["value"] == pytest.approx(teacher - baseline["final_miou"].mean(), abs=1e-6)
+        teacher = teachers[teachers["data.seed"] == inst][REPORTED_METRIC].iloc[0]
+        assert per["teacher_gap"]["value"] == pytest.approx(teacher - baseline[REPORTED_METRIC].mean(), abs=1e-6)
         for m in ("cwd", "hwd"):
             arm = students[(students["study"] == out["studies"]["distilled"]) & (students["distill.method"] == m)
                            & (students["data.seed"] == inst)]
@@ -131,7 +133,7 @@ def test_benchmark_check_smoke(results):
         assert len(sweep) == 2 and set(sweep["run.seed"]) == {out["sweep_seed"]} and set(sweep["group"]) == {"search"}
         assert set(sweep["data.seed"]) == {0}  # the sweeps run on the first instance only
         best = sweep[sweep["trial_id"] == out["chosen"][m]["trial_id"]].iloc[0]
-        assert best["final_miou"] == sweep["final_miou"].max()
+        assert best[REPORTED_METRIC] == sweep[REPORTED_METRIC].max()
         arm = students[(students["study"] == out["studies"]["distilled"]) & (students["distill.method"] == m)]
         assert set(arm["distill.alpha"]) == {best["distill.alpha"]} and set(arm["distill.tau"]) == {best["distill.tau"]}
     assert set(out["protocols"]) == {"final_miou", "last_evals_miou", "best_miou"}

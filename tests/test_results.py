@@ -107,6 +107,24 @@ def test_version_1_files_stay_readable_and_name_their_miou_convention(tmp_path):
     assert got["best_miou"].tolist() == read_trials(tmp_path)["best_miou"].tolist()
 
 
+def test_version_2_files_get_the_reported_metric_from_their_curves(tmp_path):
+    """Schema 3 added ``last_evals_miou`` (catalog.REPORTED_METRIC) to ``trials``; a version-2 trials
+    file reads with the value its own curves part gives (the mean of its last 2 evaluations), and NaN
+    when that part is gone."""
+    rec = make_record(extras=False)
+    rec.curves = [{"iteration": 10, "val/miou": 0.2}, {"iteration": 15, "loss/total": 1.0},
+                  {"iteration": 20, "val/miou": 0.3}, {"iteration": 30, "val/miou": 0.5}]
+    write_trial(tmp_path, rec)
+    path = tmp_path / "s1" / "trials" / "t1.parquet"
+    table = pq.read_table(path)
+    assert "last_evals_miou" not in table.column_names  # a record not built from a FitResult carries none
+    old = {**table.schema.metadata, b"segdistill.schema_version": b"2"}
+    pq.write_table(table.replace_schema_metadata(old), path)
+    assert read_trials(tmp_path)["last_evals_miou"].tolist() == pytest.approx([0.4])
+    (tmp_path / "s1" / "curves" / "t1.parquet").unlink()
+    assert math.isnan(read_trials(tmp_path)["last_evals_miou"].iloc[0])
+
+
 def test_atomic_write_leaves_no_temp_file(tmp_path):
     write_trial(tmp_path, make_record())
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and (p.name.startswith(".") or p.suffix == ".tmp")]
@@ -240,6 +258,7 @@ def test_record_from_fit(tmp_path):
     assert rec.config["distill.beta"] == 0.3
     assert rec.metrics["best_miou"] == 0.42 and rec.metrics["group"] == "beta" and rec.metrics["iterations_done"] == 40
     assert rec.metrics["checkpoint_dir"] == "/tmp/ckpt" and isinstance(rec.metrics["git_sha"], str)
+    assert math.isnan(rec.metrics["last_evals_miou"])  # the namespace has no such field: NaN, not a crash
     write_trial(tmp_path, rec)
     row = read_trials(tmp_path).iloc[0]
     assert row["status"] == "early_stopped" and row["flops"] == 2.5e9 and row["distill.beta"] == 0.3

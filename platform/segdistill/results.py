@@ -46,13 +46,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .catalog import last_evals_miou
+
 # Schema versions. 1: the first. 2: mIoU by the mmseg convention (IoU over classes with a non-empty
 # union; version 1 averaged over the classes present in the labels only), the reference's all-classes
 # average as ``final_miou_all_classes``, ``miou_convention`` in ``trials`` naming which mIoU a row
 # holds, and ``effective_alpha`` (the L_distill weight trained with; ``distill.alpha`` None = the
 # method's reference weight). Version-1 files stay readable: :func:`_read_part` adds ``miou_convention`` = "labels-present"
-# to their ``trials`` rows (their ``final_miou_all_classes`` reads NaN: not measured).
-SCHEMA_VERSION = 2
+# to their ``trials`` rows (their ``final_miou_all_classes`` reads NaN: not measured). 3: ``last_evals_miou``
+# (``catalog.REPORTED_METRIC``, the mean val mIoU of the last evaluations) in ``trials``; older files
+# get it from their own ``curves`` part (its ``val/miou`` rows), as :func:`_read_part` reads them.
+SCHEMA_VERSION = 3
 MIN_SCHEMA_VERSION = 1  # oldest version the readers still read
 MIOU_CONVENTION = "mmseg"  # what this version's best_miou / final_miou / per-class iou mean
 MIOU_CONVENTION_V1 = "labels-present"
@@ -67,7 +71,7 @@ OPTIONAL_TABLES = ("embeddings", "samples")
 KEY_COLUMNS = ("study", "trial_id")
 STATUSES = ("completed", "early_stopped", "failed", "pruned", "running")
 PER_CLASS_COLUMNS = ("class_id", "class_name", "iou", "acc", "pixels", "td", "ntd", "td_ntd")
-METRIC_FIELDS = ("best_miou", "final_miou", "final_miou_all_classes", "effective_alpha", "pixel_acc", "params", "flops", "wall_time_s", "images_per_s",
+METRIC_FIELDS = ("best_miou", "final_miou", "last_evals_miou", "final_miou_all_classes", "effective_alpha", "pixel_acc", "params", "flops", "wall_time_s", "images_per_s",
                  "device", "iterations_done", "checkpoint_dir", "model_path")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+,@-]*$")
@@ -385,7 +389,22 @@ def _read_part(path: Path, on_error: str) -> pd.DataFrame | None:
     df = tbl.to_pandas()
     if version < 2 and (tbl.schema.metadata or {}).get(META_TABLE) == b"trials" and "miou_convention" not in df:
         df["miou_convention"] = MIOU_CONVENTION_V1  # migration: version 1's mIoU averaged labelled classes only
+    if version < 3 and (tbl.schema.metadata or {}).get(META_TABLE) == b"trials" and "last_evals_miou" not in df:
+        df["last_evals_miou"] = _last_evals_from_curves(path.parent.parent / "curves" / path.name)
     return df
+
+
+def _last_evals_from_curves(path: Path) -> float:
+    """Migration to schema 3: a trial's ``last_evals_miou`` from its ``curves`` part (NaN when that
+    part is missing, unreadable or holds no evaluation)."""
+    try:
+        curves = pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowException):
+        return math.nan
+    if "val/miou" not in curves or "iteration" not in curves:
+        return math.nan
+    evals = curves.loc[curves["val/miou"].notna(), ["iteration", "val/miou"]]
+    return last_evals_miou(evals.to_dict("records"))
 
 
 def read_table(root: str | os.PathLike, table: str, study: str | Sequence[str] | None = None, *,
@@ -488,7 +507,8 @@ def record_from_fit(result: Any, *, study: str, trial_id: str, status: str | Non
     for name in ("checkpoint_dir", "model_path"):
         if metrics[name] is not None:
             metrics[name] = str(metrics[name])
-    for name in ("best_miou", "final_miou", "final_miou_all_classes", "effective_alpha", "pixel_acc"):  # -inf/None -> NaN
+    for name in ("best_miou", "final_miou", "last_evals_miou", "final_miou_all_classes", "effective_alpha",
+                 "pixel_acc"):  # -inf/None -> NaN
         if metrics[name] is None:
             metrics[name] = math.nan
         if isinstance(metrics[name], float) and not math.isfinite(metrics[name]):

@@ -33,6 +33,7 @@ from .artifacts import (
     save_model_artifact,
     unwrap,
 )
+from .catalog import last_evals_miou
 from .config import TrainConfig
 from .evaluation import evaluate, upsample_logits
 from .hooks import Hook, default_hooks, poly_lr
@@ -85,6 +86,11 @@ class FitResult:
     samples: list[dict[str, np.ndarray]] | None = None  # [{"image", "label", "prediction"}] if run.sample_images
     final_miou_all_classes: float = float("nan")  # the reference code's average over all classes
     effective_alpha: float = float("nan")  # the L_distill weight trained with (distill.alpha or the reference's)
+
+    @property
+    def last_evals_miou(self) -> float:
+        """The reported metric (``catalog.REPORTED_METRIC``): mean val mIoU of the last evaluations."""
+        return last_evals_miou(self.evals)
 
 
 class Callback(Protocol):

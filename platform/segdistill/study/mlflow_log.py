@@ -9,7 +9,7 @@ logs, for every configuration (each cohort member and the teacher included, one 
 - metrics with their step (the iteration): at each evaluation ``val/miou``, ``val/pixel_acc``,
   ``val/mean_acc``, ``val/best_miou`` while the trial runs, the loss terms, ``lr`` and ``images_per_s``
   of its progress reports, and when it ends every point of its Parquet curves not logged yet;
-- final results: ``final_miou``, ``best_miou``, ``pixel_acc``, ``params``, ``flops``, ``wall_time_s``,
+- final results: ``last_evals_miou`` (the reported metric), ``final_miou``, ``best_miou``, ``pixel_acc``, ``params``, ``flops``, ``wall_time_s``,
   ``images_per_s``, ``iterations_done`` and per class ``class/iou/<name>``, ``class/acc/<name>``,
   ``class/td_ntd/<name>``, plus the per-class table as the artifact ``per_class.csv``;
 - the run's status: FINISHED (completed, stopped early) or FAILED.
@@ -41,7 +41,7 @@ RECORD_TAG = "segdistill.record_id"
 STUDY_TAG = "segdistill.study"
 EVAL_METRICS = {"val_miou": "val/miou", "val_pixel_acc": "val/pixel_acc", "val_mean_acc": "val/mean_acc",
                 "val_best_miou": "val/best_miou"}
-FINAL_METRICS = ("final_miou", "best_miou", "pixel_acc", "params", "flops", "wall_time_s", "images_per_s",
+FINAL_METRICS = ("last_evals_miou", "final_miou", "best_miou", "pixel_acc", "params", "flops", "wall_time_s", "images_per_s",
                  "iterations_done", "restarts")
 TAG_COLUMNS = ("role", "group", "setting", "preset", "status", "error_reason", "failed_at_iteration", "cohort_id",
                "cohort_size", "tune_trial_id", "trial_shape", "device", "git_sha")
