@@ -405,3 +405,29 @@ def test_sigterm_and_sigint_stop_cleanly_and_resume_completes_every_configuratio
     assert (st["iterations_done"] == int(ITERS)).all() and st["trial_id"].is_unique and st["setting"].is_unique
     assert "trials: 4 (completed: 4)" in out.stdout
     print(f"SIGTERM stop {took_term:.1f} s, SIGINT stop {took_int:.1f} s")
+
+
+# =============================================================================================
+# a stop signal inside a finaliser of a trial process: nothing printed; other errors still are
+def test_stop_signal_inside_a_finaliser_prints_nothing_in_a_trial_process(monkeypatch):
+    import gc
+
+    from segdistill.study.interrupt import quiet_stop_in_worker
+
+    seen: list[type] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_type))
+    quiet_stop_in_worker()
+    quiet_stop_in_worker()  # once per process: a second call does not wrap the hook again
+    assert getattr(sys.unraisablehook, "segdistill_quiet_stop", False)
+
+    class Finalised:
+        def __init__(self, exc: BaseException) -> None:
+            self.exc = exc
+
+        def __del__(self) -> None:
+            raise self.exc
+
+    for exc in (SystemExit(1), KeyboardInterrupt(), ValueError("a real bug")):
+        Finalised(exc)  # dropped at once: __del__ raises, Python hands it to sys.unraisablehook
+        gc.collect()
+    assert seen == [ValueError]

@@ -38,6 +38,27 @@ STOP_BOUND_S = 60.0
 """Upper bound (seconds) from the first signal to the driver's exit; ``SEGDISTILL_STOP_BOUND_S``."""
 
 
+def quiet_stop_in_worker() -> None:
+    """In a trial process: a stop signal landing inside a garbage-collection callback is not an error.
+
+    Ray's worker turns SIGTERM into ``SystemExit``; when that lands while Python runs a finaliser
+    (e.g. ``WeakSet._remove``), Python cannot raise it there and prints "Exception ignored in ...
+    Traceback ... SystemExit", which Ray forwards to the driver's terminal on every Ctrl-C of a
+    study. This hook drops exactly those (``SystemExit``/``KeyboardInterrupt``); every other
+    unraisable exception still goes to the previous hook. Installed once per process."""
+    previous = sys.unraisablehook
+    if getattr(previous, "segdistill_quiet_stop", False):
+        return
+
+    def hook(unraisable: "sys.UnraisableHookArgs") -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, (SystemExit, KeyboardInterrupt)):
+            return
+        previous(unraisable)
+
+    hook.segdistill_quiet_stop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 class StudyInterrupted(KeyboardInterrupt):
     """The study was stopped by SIGINT/SIGTERM; unfinished trials are recorded as ``interrupted``."""
 

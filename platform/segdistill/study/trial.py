@@ -31,6 +31,7 @@ from typing import Any, Mapping
 from ..config import TrainConfig
 from ..layout import CHECKPOINT_DIR, STATE_FILE
 from ..results import part_path, record_from_fit, write_trial
+from .interrupt import quiet_stop_in_worker
 from .names import LEGACY_SEED_KEY, LEGACY_VARIANT_KEY, SEED_KEY, SETTING_KEY, setting_names
 from .spec import TAG_PREFIX, Resources
 
@@ -256,9 +257,11 @@ def report_recorded(row: Mapping[str, Any], total: int) -> None:
 
 def quiet_ray_logs(ctx: TrialContext) -> None:
     """Ray Train/Tune INFO messages in this trial process ("Checkpoint successfully created at ...")
-    off unless the study runs verbose; warnings stay."""
+    off unless the study runs verbose; warnings stay. A stop signal inside a finaliser prints nothing
+    (:func:`~segdistill.study.interrupt.quiet_stop_in_worker`)."""
     import logging
 
+    quiet_stop_in_worker()
     if not ctx.verbose:
         for name in ("ray.train", "ray.tune"):
             logging.getLogger(name).setLevel(logging.WARNING)
