@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from segdistill import catalog
 from segdistill.summary import compare_samples, contrast, mean_ci, welch_ci
 
 from .common import (
@@ -20,10 +21,8 @@ from .common import (
     PIXEL,
     STUDENT,
     TAU_PRIME,
-    WEIGHTING,
     Report,
     Results,
-    by_group,
     experiment_column,
     col,
     mean_std,
@@ -35,6 +34,7 @@ from .common import (
     save_table,
     slug,
     students_of,
+    tagged,
 )
 
 FIG3_BETAS = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
@@ -114,8 +114,8 @@ def _one_study(df: pd.DataFrame, x: str) -> pd.DataFrame:
 
 
 def _cwd_reference(students: pd.DataFrame, sweep: pd.DataFrame, dataset: str, student: str) -> pd.DataFrame:
-    """The CWD runs (group "cwd_ref", else any CWD) of the sweep's own studies for (dataset, student)."""
-    cwd = by_group(students, "cwd_ref", col(students, METHOD, "") == "cwd")
+    """The CWD runs (group "cwd_ref") of the sweep's own studies for (dataset, student)."""
+    cwd = tagged(students, catalog.CWD_REF)
     cwd = _in_pair(cwd[col(cwd, METHOD, "") == "cwd"], dataset, student)
     same = cwd[cwd["study"].isin(set(sweep["study"]))] if "study" in cwd and not sweep.empty else cwd
     return same if not same.empty else cwd
@@ -217,14 +217,12 @@ def _ylabel(f: float) -> str:
 def fig6_beta(res: Results, report: Report) -> None:
     """Paper Fig. 6: mIoU vs smoothing beta (Eq. 7) and vs the softmax temperature tau' alternative,
     with CWD as a dashed line (its seed spread shaded). Runs: ``group`` "beta" / "softmax" /
-    "cwd_ref" of the ablation_beta study; untagged fallback: HWD with weighting smooth and mu = 0 /
-    HWD with weighting softmax / CWD runs."""
+    "cwd_ref" of the ablation_beta study (catalog.py's group tags; untagged runs are not guessed)."""
     students = _sweep_students(res, "ablation_beta")
     made = False
     if not students.empty:
-        hwd = col(students, METHOD, "") == "hwd"
-        beta_rows = by_group(students, "beta", hwd & (col(students, WEIGHTING, "") == "smooth") & (col(students, MU) == 0))
-        soft_rows = by_group(students, "softmax", hwd & (col(students, WEIGHTING, "") == "softmax"))
+        beta_rows = tagged(students, catalog.BETA)
+        soft_rows = tagged(students, catalog.SOFTMAX)
         for dataset, student in sorted(set(_pair_of(beta_rows)) | set(_pair_of(soft_rows))):
             b_rows = _one_study(_in_pair(beta_rows, dataset, student), BETA)
             s_rows = _one_study(_in_pair(soft_rows, dataset, student), TAU_PRIME)
@@ -269,19 +267,16 @@ def fig6_beta(res: Results, report: Report) -> None:
                        pd.concat([b_rows, s_rows, cwd_rows]))
             made = True
     if not made:
-        report.skip("fig6", "Fig. 6 beta ablation", "no HWD runs tagged group=beta/softmax (or varying distill.beta)")
+        report.skip("fig6", "Fig. 6 beta ablation", "no HWD runs tagged group=beta/softmax")
 
 
 def fig7_mu(res: Results, report: Report) -> None:
     """Paper Fig. 7: mIoU vs the normalisation mean mu, CWD dashed. Runs: ``group`` "mu" of the
-    ablation_mu study; untagged fallback: HWD with weighting smooth and beta = 0.1."""
+    ablation_mu study (catalog.py's group tag)."""
     students = _sweep_students(res, "ablation_mu")
     made = False
     if not students.empty and MU in students:
-        hwd = col(students, METHOD, "") == "hwd"
-        mu_rows = by_group(students, "mu", hwd & (col(students, WEIGHTING, "") == "smooth")
-                           & (col(students, PIXEL, "n") == "n")
-                           & np.isclose(pd.to_numeric(col(students, BETA), errors="coerce"), 0.1))
+        mu_rows = tagged(students, catalog.MU)
         for dataset, student in _pair_of(mu_rows):
             rows = _one_study(_in_pair(mu_rows, dataset, student), MU)
             pts = _points(rows, MU)
@@ -308,7 +303,7 @@ def fig7_mu(res: Results, report: Report) -> None:
             report.add("fig7", f"Fig. 7 mu ablation ({dataset}, {student})", paths, pd.concat([rows, cwd_rows]))
             made = True
     if not made:
-        report.skip("fig7", "Fig. 7 mu ablation", "no HWD runs tagged group=mu (or distill.mu taking >= 2 values)")
+        report.skip("fig7", "Fig. 7 mu ablation", "no HWD runs tagged group=mu")
 
 
 def pixel_correction_table(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -319,11 +314,7 @@ def pixel_correction_table(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows = pd.DataFrame()
     if not students.empty and PIXEL in students:
         hwd = students[col(students, METHOD, "") == "hwd"]
-        rows = by_group(hwd, "pixel_correction", None)
-        if rows.empty:
-            rows = by_group(hwd, "pixel", None)
-        if rows.empty and hwd[PIXEL].nunique() >= 2:
-            rows = hwd
+        rows = tagged(hwd, catalog.PIXEL_CORRECTION)
     if rows.empty:
         return pd.DataFrame(), rows
     rows = rows.assign(**{MU: pd.to_numeric(col(rows, MU, 0.0), errors="coerce").fillna(0.0)})

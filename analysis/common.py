@@ -54,7 +54,7 @@ METHOD_ORDER = ["baseline", "KD", "SKD", "IFVD", "CWD", "CIRKD", "DIST", "MGD", 
 METHOD_COLOURS = {"baseline": "#7f7f7f", "KD": "#bcbd22", "SKD": "#8c564b", "IFVD": "#e377c2", "CWD": "#1f77b4",
                   "CIRKD": "#9467bd", "DIST": "#17becf", "MGD": "#ff7f0e", "HWD": "#d62728", "teacher": "#2ca02c"}
 _EXTRA_COLOURS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354"]
-ABLATION_GROUPS = catalog.ABLATION_GROUPS | {"pixel"}  # "pixel": results of an older pixel-correction script
+ABLATION_GROUPS = catalog.ABLATION_GROUPS
 SEARCH_GROUPS = frozenset({catalog.SEARCH})
 
 
@@ -194,15 +194,12 @@ def main_runs(df: pd.DataFrame) -> pd.DataFrame:
     return dedupe_teachers(df[~df["group"].isin(list(ABLATION_GROUPS | SEARCH_GROUPS))])
 
 
-def by_group(df: pd.DataFrame, group: str, fallback: pd.Series | None) -> pd.DataFrame:
-    """Rows tagged ``group``; if none are tagged so, rows selected by the ``fallback`` mask."""
-    if df.empty:
-        return df
-    if "group" in df and (df["group"] == group).any():
-        return df[df["group"] == group]
-    if fallback is None:
+def tagged(df: pd.DataFrame, group: str) -> pd.DataFrame:
+    """Rows whose ``group`` tag is ``group`` (a :mod:`segdistill.catalog` group name). Runs are found
+    by their tags only: an untagged row belongs to no group, whatever its config values."""
+    if df.empty or "group" not in df:
         return df.iloc[0:0]
-    return df[fallback.reindex(df.index, fill_value=False)]
+    return df[df["group"] == group]
 
 
 def students_of(df: pd.DataFrame) -> pd.DataFrame:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis.common import experiment_column, from_experiment
+from analysis.common import experiment_column, from_experiment, tagged
 from segdistill import catalog
 from segdistill.study.cli_args import CWD_REFERENCE, ablation_spec
 from segdistill.study.presets import get_preset
@@ -45,6 +45,13 @@ def test_analysis_selects_by_the_experiment_tag_then_by_study_name_for_old_resul
     })
     assert experiment_column(df).tolist() == ["compare_methods", "compare_methods", "", "compare_methods"]
     assert from_experiment(df, "compare_methods")["trial_id"].tolist() == ["a", "b", "d"]
+
+
+def test_analysis_takes_a_group_from_its_tag_never_from_config_values():
+    df = pd.DataFrame({"trial_id": ["a", "b", "c"], "group": ["beta", None, "mu"],
+                       "distill.method": ["hwd", "hwd", "hwd"], "distill.beta": [0.1, 0.9, 0.1]})
+    assert tagged(df, catalog.BETA)["trial_id"].tolist() == ["a"]  # b varies beta but carries no tag
+    assert tagged(df.drop(columns="group"), catalog.BETA).empty and tagged(df.iloc[0:0], catalog.MU).empty
 
 
 def test_reported_metric_is_the_mean_of_the_last_evaluations():
