@@ -26,13 +26,7 @@ from typing import Any
 
 from ..cohort import cohort_signature
 from ..config import TrainConfig
-from .names import (
-    LEGACY_SEED_KEY,
-    LEGACY_VARIANT_KEY,
-    MEMBERS_KEY,
-    SEED_KEY,
-    SETTING_KEY,
-)
+from .names import LEGACY_SEED_KEY, LEGACY_VARIANT_KEY, MEMBERS_KEY, SEED_KEY, SETTING_KEY
 from .spec import TAG_PREFIX, Resources, StudySpec
 
 RECORD_ID_TAG = "record_id"  # a variant's ``tag.record_id``: its fixed record id (zoo teachers)

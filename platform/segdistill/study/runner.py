@@ -38,27 +38,9 @@ from ..results import read_trials
 from . import interrupt, mlflow_log
 from .callbacks import StudyCallback, reconcile, started_results
 from .dashboard import OPTUNA_FILE
-from .guards import (
-    DesignChange,
-    ZooEntryError,
-    check_design,
-    check_results_root,
-    design_of,
-    flock_file,
-    set_aside,
-    study_lock,
-    verify_zoo_entry,
-    write_design,
-)
-from .names import (
-    NamesCallback,
-    cohort_space,
-    fixed_space,
-    grid_space,
-    setting_names,
-    trial_dirname,
-    trial_name,
-)
+from .guards import (DesignChange, ZooEntryError, check_design, check_results_root, design_of, flock_file, set_aside,
+                     study_lock, verify_zoo_entry, write_design)
+from .names import NamesCallback, cohort_space, fixed_space, grid_space, setting_names, trial_dirname, trial_name
 from .plan import TrialContext, cohorts_apply, plan_cohorts, plan_trials
 from .preflight import check_cluster, preflight_spec
 from .progress import MODES as PROGRESS_MODES

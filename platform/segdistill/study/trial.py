@@ -48,13 +48,7 @@ from ..layout import CHECKPOINT_DIR, STATE_FILE
 from ..train import fit
 from .names import MEMBERS_KEY
 from .plan import TrialContext, TrialMember, member_config, trial_members
-from .records import (
-    failure_summary,
-    finished_record,
-    note_attempt,
-    record_from_state,
-    write_result,
-)
+from .records import failure_summary, finished_record, note_attempt, record_from_state, write_result
 from .runtime import current_placement_group_hex
 
 COHORT_END = "cohort_end"  # the REPORT_KEY of a cohort trial's closing result
