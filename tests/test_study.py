@@ -79,12 +79,11 @@ def test_trial_threads_follow_the_trials_cpus(monkeypatch):
 
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "get_runtime_context", lambda: Ctx())
-    cpu = tiny_base().replace(**{"run.device": "cpu", "run.threads": 0})
-    assert trial_mod.trial_threads(cpu).run.threads == 2
-    assert trial_mod.trial_threads(cpu.replace(**{"run.threads": 1})).run.threads == 1
-    assert trial_mod.trial_threads(cpu.replace(**{"run.device": "cuda"})).run.threads == 0
+    assert trial_mod.trial_threads("cpu", 0) == 2
+    assert trial_mod.trial_threads("cpu", 1) == 1
+    assert trial_mod.trial_threads("cuda", 0) == 0
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # outside Ray: unchanged
-    assert trial_mod.trial_threads(cpu).run.threads == 0
+    assert trial_mod.trial_threads("cpu", 0) == 0
 
 
 def test_teacher_recipe_ignores_student_distill_settings_and_seed():

@@ -15,7 +15,7 @@ from ray_helpers import TINY_TEACHER, tiny_base  # noqa: E402
 
 from segdistill.config import TrainConfig  # noqa: E402
 from segdistill.study import StudySpec  # noqa: E402
-from segdistill.study.cohort_trial import plan_cohorts  # noqa: E402
+from segdistill.study.plan import plan_cohorts  # noqa: E402
 
 
 def test_plan_cohorts_groups_compatible_configs_and_keeps_slots_busy(tmp_path):

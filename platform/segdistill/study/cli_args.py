@@ -11,9 +11,11 @@ turns them into figures.
 from __future__ import annotations
 
 import argparse
+import difflib
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -22,6 +24,12 @@ import pandas as pd
 from .. import catalog
 from ..cli import OneLineArgumentParser
 from ..config import ConfigError
+from ..data import DATASETS
+from ..results import read_trials
+from ..summary import contrast as welch_contrast
+from ..summary import format_table, summarize
+from .guards import DesignChangedError, StudyLockedError, ZooEntryError
+from .interrupt import StudyInterrupted, stopped_after_s
 from .presets import PRESETS, REAL_DATA_PRESETS, REPORTED_METRIC, Preset, get_preset
 from .spec import StudySpec
 
@@ -89,15 +97,10 @@ def check_args(args: argparse.Namespace) -> None:
     if getattr(args, "preset", None) in REAL_DATA_PRESETS and not getattr(args, "data_root", ""):
         raise ConfigError(f"--preset {args.preset} needs --data-root DIR (the directory holding the dataset)")
     dataset = getattr(args, "dataset", None)
-    if dataset:
-        from ..data import DATASETS
-
-        if dataset not in DATASETS:
-            import difflib
-
-            near = difflib.get_close_matches(dataset, list(DATASETS), n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"--dataset {dataset!r}: unknown dataset; known: {', '.join(sorted(DATASETS))}{hint}")
+    if dataset and dataset not in DATASETS:
+        near = difflib.get_close_matches(dataset, list(DATASETS), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"--dataset {dataset!r}: unknown dataset; known: {', '.join(sorted(DATASETS))}{hint}")
 
 
 def view_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -143,7 +146,8 @@ def study_name(script: str, preset: Preset) -> str:
 
 def run(spec: StudySpec, args: argparse.Namespace) -> pd.DataFrame:
     """run_study with the script's flags; returns the study's trials table. Errors are one line
-    (``--debug``: the traceback); an interrupted study says how to resume and exits 130/143."""
+    (``--debug``: the traceback); an interrupted study says how to resume and exits 130/143. Ray is
+    imported here (with the runner): the scripts' ``--help`` and their specs need no Ray."""
     from .runner import run_study
 
     t0 = time.time()
@@ -155,8 +159,8 @@ def run(spec: StudySpec, args: argparse.Namespace) -> pd.DataFrame:
 
 
 def user_errors_types() -> tuple[type[BaseException], ...]:
-    """The errors a user's input or machine causes (reported in one line, exit code 2)."""
-    from .guards import DesignChangedError, StudyLockedError, ZooEntryError
+    """The errors a user's input or machine causes (reported in one line, exit code 2); the modules
+    that define the others import Ray, hence imported here."""
     from .mlflow_log import MlflowUnavailableError
     from .runner import DashboardMissingError, StudyExistsError
     from .runtime import RayAddressError
@@ -190,8 +194,6 @@ class user_errors:  # noqa: N801 - used as a context manager
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
         if exc is None:
             return False
-        from .interrupt import StudyInterrupted, stopped_after_s
-
         if isinstance(exc, StudyInterrupted):
             self._interrupted(exc, stopped_after_s())
             raise SystemExit(exc.exit_code) from None
@@ -209,10 +211,6 @@ class user_errors:  # noqa: N801 - used as a context manager
         counts = ""
         if self.args is not None and self.spec is not None:
             try:
-                import warnings
-
-                from ..results import read_trials
-
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     df = read_trials(Path(self.args.results).resolve(), self.spec.name)
@@ -247,8 +245,6 @@ def report(df: pd.DataFrame, args: argparse.Namespace, spec: StudySpec, *, by: S
     figures. ``metric``: the preset-independent reported protocol (``presets.REPORTED_METRIC``).
     ``contrast=(x, ref)``: also print that planned contrast (:func:`report_contrast`, with ``claim`` /
     ``expect``) under the table, and return its numbers."""
-    from ..summary import format_table, summarize
-
     students = _students(df)
     by = [c for c in by if c in students.columns]
     print()
@@ -288,8 +284,6 @@ def report_contrast(df: pd.DataFrame, x: Mapping[str, Any], ref: Mapping[str, An
     Welch ``level`` interval, and what it says about ``claim`` (which predicts the difference
     ``expect`` = "below" or "above" 0): reproduced / contradicted beyond seed noise, or not resolved
     (the interval includes 0). Returns the numbers (:func:`segdistill.summary.contrast`) plus ``outcome``."""
-    from ..summary import contrast
-
     students = _students(df)
     if "status" in students:  # an interrupted row is no result
         students = students[students["status"] != "interrupted"]
@@ -303,7 +297,7 @@ def report_contrast(df: pd.DataFrame, x: Mapping[str, Any], ref: Mapping[str, An
             mask &= students[k] == v
         return pd.to_numeric(students.loc[mask, metric], errors="coerce").dropna()
 
-    c = contrast(values(x), values(ref), level=level)
+    c = welch_contrast(values(x), values(ref), level=level)
     if c["direction"] == "n/a":
         outcome = "not resolved: needs >= 2 seeds per side"
     elif c["direction"] == "includes 0":

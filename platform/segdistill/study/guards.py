@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from ..checkpoints import read_model_file
 from ..config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -258,8 +259,6 @@ def check_design(study_dir: Path, design: Mapping[str, Any], study: str) -> tupl
 def verify_zoo_entry(model_path: Path) -> str | None:
     """None if ``model_path`` (a zoo ``model.pt``) reads as a segdistill model file
     (:func:`segdistill.checkpoints.read_model_file`, what trials load it with), else why not."""
-    from ..checkpoints import read_model_file
-
     try:
         if model_path.stat().st_size == 0:
             return "the file is empty"

@@ -33,7 +33,14 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import pandas as pd
 from ray.tune import Callback
+
+from ..config import TrainConfig
+from ..results import part_path
+from .names import MEMBERS_KEY, member_label, searched_keys, trial_label
+from .plan import member_config, trial_members
+from .trial import EVAL, PROGRESS, REPORT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,7 @@ FINAL_METRICS = ("last_evals_miou", "final_miou", "best_miou", "pixel_acc", "par
                  "iterations_done", "restarts")
 TAG_COLUMNS = ("role", "group", "setting", "preset", "status", "error_reason", "failed_at_iteration", "cohort_id",
                "cohort_size", "tune_trial_id", "trial_shape", "device", "git_sha")
+CONFIG_KEYS = tuple(TrainConfig().to_flat())  # a record's columns that are config values: the run's params
 _BATCH = 100  # MLflow's limit of params (and tags) per log_batch request
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -294,11 +302,7 @@ class MlflowSink:
             self._log_metrics(run, [(k, v, step) for k, v in values.items()])
 
     def _finish(self, results_root: str, study: str, record_id: str, name: str, tags: dict[str, Any]) -> None:
-        import pandas as pd
         from mlflow.entities import Metric, RunTag
-
-        from ..config import TrainConfig
-        from ..results import part_path
 
         path = part_path(results_root, study, "trials", record_id)
         if not path.is_file():
@@ -308,8 +312,7 @@ class MlflowSink:
                         {**tags, **{k: row.get(k) for k in ("role", "setting") if k in row}})
         if run["done"]:
             return
-        config_keys = TrainConfig().to_flat().keys()
-        self._log_params(run, {k: row[k] for k in config_keys if k in row})
+        self._log_params(run, {k: row[k] for k in CONFIG_KEYS if k in row})
         points: list[tuple[str, float, int]] = []
         curves = part_path(results_root, study, "curves", record_id)
         if curves.is_file():
@@ -349,8 +352,6 @@ class MlflowSink:
         run["done"] = True
 
     def _sync(self, results_root: str, study: str, names: dict[str, str]) -> None:
-        from ..results import part_path
-
         trials = part_path(results_root, study, "trials", "x").parent
         for path in sorted(trials.glob("*.parquet")) if trials.is_dir() else []:
             rid = path.stem
@@ -381,37 +382,28 @@ class MlflowCallback(Callback):
         self.members: dict[str, list[tuple[str, str]]] = {}  # trial id -> [(record id, run name)]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from .cohort_trial import member_configs, member_id
-        from .names import MEMBERS_KEY, SETTING_KEY, member_label, searched_keys, trial_label
-        from .trial import trial_config
-
         hub = _ACTIVE.get(self.key)
         if hub is None:
             return
         ctx, sink = hub
         config = dict(trial.config or {})
-        configs = ([(member_id(trial.trial_id, j), m) for j, m in enumerate(member_configs(config))]
-                   if MEMBERS_KEY in config else [(trial.trial_id, config)])
+        try:
+            members = trial_members(ctx, trial.trial_id, config)
+        except Exception:  # noqa: BLE001 - logging never stops a study
+            members = []
         out = []
         searched = searched_keys(trial)
-        for key, member in configs:
-            try:
-                cfg, tags, record_id = trial_config(ctx, member, key)
-            except Exception:  # noqa: BLE001 - logging never stops a study
-                continue
-            name = (trial_label(trial) if searched or SETTING_KEY not in member
-                    else member_label(member[SETTING_KEY], cfg.run.seed))
-            tags = {k: v for k, v in tags.items() if isinstance(v, (str, int, float, bool))}
-            tags.update(setting=member.get(SETTING_KEY, ""), tune_trial_id=trial.trial_id)
+        for member in members:
+            name = trial_label(trial) if searched else member_label(member.plan.setting, member.plan.seed)
+            tags = {k: v for k, v in member.tags(trial.trial_id).items() if isinstance(v, (str, int, float, bool))}
+            tags["setting"] = member.plan.setting
             if MEMBERS_KEY in config:
                 tags["cohort_id"] = trial.trial_id
-            sink.start(record_id, name=name, params=cfg.to_flat(), tags=tags)
-            out.append((record_id, name))
+            sink.start(member.record_id, name=name, params=member_config(ctx, member).to_flat(), tags=tags)
+            out.append((member.record_id, name))
         self.members[trial.trial_id] = out
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from .trial import EVAL, PROGRESS, REPORT_KEY
-
         hub = _ACTIVE.get(self.key)
         members = self.members.get(trial.trial_id) or []
         if hub is None or not members or "iteration" not in result:

@@ -17,8 +17,9 @@ into a list on the driver, so everything Tune and Ray show about a trial is read
 - Optuna: ``{"setting": "method=hwd", "run.seed": 0}`` plus the searched keys Optuna suggests.
 
 Trials are named ``"<setting> seed <s> (<trial id>)"`` (:func:`trial_name`); the trial itself looks
-its variant up by name (:func:`segdistill.study.trial.trial_config`), which keeps ``--resume`` working:
-Tune's experiment state stores these configs, and the names depend only on the study's spec.
+its planned configuration up by setting and seed (:func:`segdistill.study.plan.trial_members`), which
+keeps ``--resume`` working: Tune's experiment state stores these configs, and the names depend only
+on the study's spec.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import functools
 import math
 from typing import Any, Mapping, Sequence
 
+from ray import tune
 from ray.tune import Callback
 
 from .spec import TAG_PREFIX, safe_name
@@ -133,8 +135,6 @@ def _resolved(table: Mapping[str, Any], key: str, config: Mapping[str, Any]) -> 
 def grid_space(variants: Sequence[Mapping[str, Any]], names: Sequence[str], seeds: Sequence[int],
                base_flat: Mapping[str, Any], *, with_seed: bool = True) -> dict[str, Any]:
     """Grid over ``setting`` x ``run.seed``, with each swept key resolved from the setting."""
-    from ray import tune
-
     keys = swept_keys(variants, base_flat)
     table = {n: {k: v.get(k, base_flat.get(k)) for k in keys} for n, v in zip(names, variants)}
     space: dict[str, Any] = {SETTING_KEY: tune.grid_search(list(names))}
@@ -154,8 +154,6 @@ def _cohort_value(key: str, config: Mapping[str, Any]) -> Any:
 
 def cohort_space(cohorts: Sequence[Sequence[Sequence[Any]]]) -> dict[str, Any]:
     """Grid over cohorts, each a list of ``[setting, seed]`` members (one seed per cohort)."""
-    from ray import tune
-
     return {MEMBERS_KEY: tune.grid_search([[[str(n), int(s)] for n, s in c] for c in cohorts]),
             COHORT_KEY: tune.sample_from(functools.partial(_cohort_value, COHORT_KEY)),
             SEED_KEY: tune.sample_from(functools.partial(_cohort_value, SEED_KEY))}

@@ -2,8 +2,9 @@
 
 :func:`preflight_spec` (no Ray) runs before ``run_study`` starts or joins Ray:
 
-- every trial configuration is built (``TrainConfig`` validates ranges, unknown keys, unknown
-  method / model / dataset names listing the known ones) - already at ``StudySpec`` construction;
+- every variant's configuration is built (``TrainConfig`` validates ranges, unknown keys, unknown
+  method / model / dataset names listing the known ones) - already at ``StudySpec`` construction
+  (:attr:`StudySpec.variant_configs`, built once and shared with the zoo's teacher lookup);
 - the search space is not empty (``StudySpec`` rejects empty ``variants``/``grid`` lists; here an
   Optuna ``space`` function is run once on a throw-away in-memory study and must suggest a value);
 - every dataset the trials use is opened and a few items per split are decoded
@@ -28,7 +29,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import optuna
+import torch
+
+from ..checkpoints import BACKBONE_PREPROCESSING, check_preprocessing
 from ..config import ConfigError, TrainConfig
+from ..data import dataset_info
+from ..data.validate import validate_data
+from ..models import build_model
+from ..models.weights import backbone_state
+from ..train import load_teacher
 from .spec import PENDING_TEACHER, StudySpec
 
 
@@ -41,16 +51,10 @@ class PreflightError(ConfigError):
         super().__init__(f"study preflight found {len(self.problems)} problem(s), nothing was started:\n{lines}")
 
 
-def _configs(spec: StudySpec) -> list[TrainConfig]:
-    return [spec.config_for(v, seed) for v in spec.expand_variants() for seed in spec.seeds]
-
-
 def check_search_space(spec: StudySpec) -> list[str]:
     """An Optuna ``space`` must suggest at least one parameter (else every sample is the same run)."""
     if spec.search != "optuna" or spec.space is None:
         return []
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()
@@ -71,8 +75,6 @@ def check_search_space(spec: StudySpec) -> list[str]:
 
 def check_data(configs: Iterable[TrainConfig], *, per_split: int = 4) -> list[str]:
     """Open every distinct dataset once and decode a few items of each split."""
-    from ..data.validate import validate_data
-
     problems, seen = [], set()
     for cfg in configs:
         key = cfg.data
@@ -92,14 +94,6 @@ def check_checkpoints(configs: Iterable[TrainConfig]) -> list[str]:
     and check it fits the student and its preprocessing. Every format the trainer accepts is
     accepted here (segdistill ``model.pt`` / ``state.pt``, reference-code checkpoints and backbone
     files, torchvision backbone files)."""
-    import torch
-
-    from ..checkpoints import BACKBONE_PREPROCESSING, check_preprocessing
-    from ..data import dataset_info
-    from ..models import build_model
-    from ..models.weights import backbone_state
-    from ..train import load_teacher
-
     problems, seen, seen_pretrained = [], set(), set()
     for cfg in configs:
         d = cfg.distill
@@ -139,8 +133,6 @@ def _check_pretrained(cfg: TrainConfig, build_model: Any, backbone_state: Any, e
                       check_preprocessing: Any) -> list[str]:
     """Problems with ``cfg.model.pretrained``: missing, not fitting the student's backbone (checked on
     a meta-device model: nothing is allocated), or trained with other preprocessing."""
-    import torch
-
     path = cfg.model.pretrained
     if not Path(path).expanduser().exists():
         return [f"model.pretrained={path!r}: no such file (an ImageNet backbone file: the reference code's "
@@ -164,9 +156,8 @@ def _check_pretrained(cfg: TrainConfig, build_model: Any, backbone_state: Any, e
 def preflight_spec(spec: StudySpec, *, data_items: int = 4) -> None:
     """Every check that needs no Ray; raises :class:`PreflightError` listing all problems."""
     problems = check_search_space(spec)
-    configs = _configs(spec)
-    if spec.teacher is not None:  # the zoo teachers' own training configs
-        configs += [spec.teacher.config_for(c) for c in configs if spec.needs_teacher(c)]
+    # one config per variant (the seed changes no dataset, model or teacher), and the zoo teachers' own
+    configs = [*spec.variant_configs, *(c for c in spec.teacher_configs if c is not None)]
     problems += check_data(configs, per_split=data_items)
     problems += check_checkpoints(configs)
     if problems:
@@ -206,7 +197,8 @@ def check_resources(per_worker: Mapping[str, float], num_workers: int, shape: st
 
 
 def check_cluster(spec: StudySpec, shape: str, cluster: Mapping[str, float]) -> None:
-    """:func:`check_resources` against the Ray cluster this process is connected to."""
+    """:func:`check_resources` against the Ray cluster this process is connected to (Ray imported
+    here: ``segdistill.study`` and its checks before Ray import without it)."""
     import ray
 
     r = spec.resources

@@ -35,6 +35,7 @@ from typing import Any
 
 from ..catalog import REPORTED_METRIC  # noqa: F401 - re-exported: the metric the scripts report
 from ..config import REFERENCE_PREPROCESSING, REFERENCE_UPSAMPLING, TrainConfig
+from ..losses import reference_alpha
 from .spec import Resources, TeacherRecipe
 
 PRESETS = ("smoke", "demo", "paper", "released")
@@ -203,6 +204,4 @@ def method_overrides(method: str) -> dict[str, Any]:
     reference weights (``distill.*_weight`` fields). Nothing for 'none' (the CE-only baseline)."""
     if method == "none":
         return {}
-    from ..losses import reference_alpha
-
     return {"distill.alpha": reference_alpha(method)}

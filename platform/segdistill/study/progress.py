@@ -25,15 +25,18 @@ import math
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import IO, Any, Mapping
 
 from ray.tune import Callback
 
-from ..results import part_path
-from .cohort_trial import MEMBER_FAILED, member_configs, member_id
-from .names import MEMBERS_KEY, SETTING_KEY, member_label, searched_keys, trial_label
-from .trial import EVAL, PROGRESS, REPORT_KEY, TrialContext, trial_config
+from ..results import part_path, read_trials
+from .callbacks import error_text
+from .names import SEED_KEY, member_label, searched_keys, trial_label
+from .plan import TrialContext, TrialMember, trial_members
+from .records import failure_summary
+from .trial import EVAL, MEMBER_FAILED, PROGRESS, REPORT_KEY
 
 MODES = ("auto", "live", "plain", "off")
 TEACHERS, TRIALS = "teachers", "trials"  # the phases of a study
@@ -273,16 +276,16 @@ class ProgressCallback(Callback):
 
     def __init__(self, key: str) -> None:
         self.key = key
-        self._members: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # trial id -> [(record id, member config)]
+        self._members: dict[str, list[TrialMember]] = {}  # trial id -> its configurations
 
-    def _keys(self, trial: Any) -> list[tuple[str, dict[str, Any]]]:
+    def _keys(self, trial: Any, ctx: TrialContext) -> list[TrialMember]:
+        """The trial's configurations (none if its config is not one of this study's plans)."""
         if trial.trial_id not in self._members:
-            config = dict(trial.config or {})
-            if MEMBERS_KEY in config:
-                self._members[trial.trial_id] = [(member_id(trial.trial_id, j), m)
-                                                 for j, m in enumerate(member_configs(config))]
-            else:
-                self._members[trial.trial_id] = [(trial.trial_id, config)]
+            try:
+                self._members[trial.trial_id] = trial_members(ctx, trial.trial_id, dict(trial.config or {}))
+            except Exception:  # a view never stops a study
+                log.debug("progress view: trial %s", trial.trial_id, exc_info=True)
+                self._members[trial.trial_id] = []
         return self._members[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -292,17 +295,15 @@ class ProgressCallback(Callback):
         ctx, progress, view, phase = hub
         try:
             searched = searched_keys(trial)
-            for key, config in self._keys(trial):
-                cfg = trial_config(ctx, config, key)[0]
+            for member in self._keys(trial, ctx):
+                cfg = member.plan.config
                 if phase == TEACHERS:  # the zoo's teacher trials: architecture and dataset
                     label = setting = f"teacher {cfg.model.arch} on {cfg.data.name}"
-                elif SETTING_KEY in config:
-                    setting = str(config[SETTING_KEY])
-                    # an Optuna trial is named by its suggested values
-                    label = trial_label(trial) if searched else member_label(setting, cfg.run.seed)
                 else:
-                    label = setting = trial_label(trial)
-                progress.member_started(key, label, setting, cfg.optim.iterations)
+                    setting = member.plan.setting
+                    # an Optuna trial is named by its suggested values
+                    label = trial_label(trial) if searched else member_label(setting, member.plan.seed)
+                progress.member_started(member.record_id, label, setting, member.iterations)
         except Exception:  # noqa: BLE001 - a view never stops a study
             log.debug("progress view: trial %s", trial.trial_id, exc_info=True)
         view.tick()
@@ -311,12 +312,12 @@ class ProgressCallback(Callback):
         hub = _ACTIVE.get(self.key)
         if hub is None:
             return
-        keys = self._keys(trial)
+        keys = self._keys(trial, hub[0])
         kind = result.get(REPORT_KEY, EVAL)
         j = result.get("member")
-        key = keys[int(j)][0] if j is not None and int(j) < len(keys) else keys[0][0]
-        if kind in (EVAL, PROGRESS, MEMBER_FAILED):
-            hub[1].result(key, result)
+        member = keys[int(j)] if j is not None and int(j) < len(keys) else keys[0] if keys else None
+        if member is not None and kind in (EVAL, PROGRESS, MEMBER_FAILED):
+            hub[1].result(member.record_id, result)
         hub[2].tick()
 
     def _end(self, trial: Any, errored: bool) -> None:
@@ -326,15 +327,9 @@ class ProgressCallback(Callback):
         ctx, progress, view, _ = hub
         error = ""
         if errored:
-            from .callbacks import _error_text, failure_summary
-
-            error = failure_summary(_error_text(trial))[0]
-        for key, config in self._keys(trial):
-            try:
-                record_id = trial_config(ctx, config, key)[2]
-            except Exception:  # noqa: BLE001
-                record_id = key
-            progress.member_finished(key, _read_row(ctx, record_id), errored=errored, error=error)
+            error = failure_summary(error_text(trial))[0]
+        for member in self._keys(trial, ctx):
+            progress.member_finished(member.record_id, _read_row(ctx, member.record_id), errored=errored, error=error)
         view.tick()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -351,12 +346,7 @@ class ProgressCallback(Callback):
 
 def recorded(ctx: TrialContext) -> list[tuple[str, str, str, dict[str, Any]]]:
     """(record id, label, setting, row) of the study's students already in Parquet (a resumed study),
-    each named by the variant its config matches."""
-    import warnings
-
-    from ..results import read_trials
-    from .names import setting_names
-
+    each named by the setting whose flat keys it matches."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -365,14 +355,14 @@ def recorded(ctx: TrialContext) -> list[tuple[str, str, str, dict[str, Any]]]:
             return []
     if df.empty:
         return []
-    names = list(ctx.setting_names) or setting_names(ctx.variants, ctx.base_flat)
+    settings = {p.setting: p.overrides for p in ctx.plans}
     out = []
     for row in df.to_dict("records"):
         if row.get("role") == "teacher" or row.get("status") == "interrupted":  # interrupted: runs again
             continue
         setting = str(row.get("trial_id"))
-        for name, variant in zip(names, ctx.variants):
-            if all(_same(row.get(k), v) for k, v in variant.items() if "." in k and not k.startswith("tag.")):
+        for name, overrides in settings.items():
+            if all(_same(row.get(k), v) for k, v in overrides.items() if k != SEED_KEY):
                 setting = name
                 break
         out.append((str(row["trial_id"]), member_label(setting, _int(row.get("run.seed"))), setting, row))

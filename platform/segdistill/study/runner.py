@@ -19,30 +19,35 @@ import logging
 import math
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import optuna
 import pandas as pd
+import ray
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.trainable.function_trainable import wrap_function
 
 from ..results import read_trials
-from . import mlflow_log
-from . import interrupt
+from . import interrupt, mlflow_log
 from .callbacks import StudyCallback, reconcile, started_results
-from .cohort_trial import cohorts_apply, plan_cohorts
 from .dashboard import OPTUNA_FILE
-from .guards import (DesignChange, ZooEntryError, check_design, check_results_root, design_of, flock_file,
-                     set_aside, study_lock, verify_zoo_entry, write_design)
-from .names import (SEED_KEY, SETTING_KEY, NamesCallback, cohort_space, fixed_space, grid_space, setting_names,
-                    trial_dirname, trial_name)
+from .guards import (DesignChange, ZooEntryError, check_design, check_results_root, design_of, flock_file, set_aside,
+                     study_lock, verify_zoo_entry, write_design)
+from .names import NamesCallback, cohort_space, fixed_space, grid_space, setting_names, trial_dirname, trial_name
+from .plan import TrialContext, cohorts_apply, plan_cohorts, plan_trials
 from .preflight import check_cluster, preflight_spec
 from .progress import MODES as PROGRESS_MODES
 from .progress import TEACHERS, TRIALS, ProgressCallback, StudyMonitor
 from .runtime import RayInfo, max_concurrent_trials, ray_session
 from .spec import PENDING_TEACHER, Resources, StudySpec
-from .trial import EVAL, REPORT_KEY, TrialContext, inline_trainable, train_trainable, trial_config
+from .trial import EVAL, REPORT_KEY, inline_trainable, train_trainable
 from .zoo import RECORD_STUDY, TeacherZoo, ZooEntry
 
 log = logging.getLogger(__name__)
@@ -163,10 +168,14 @@ def _run_study(spec: StudySpec, *, results_root: str | Path, address: str | None
             zoo_.copy_record(entry, paths["root"], spec.name)
             if sink is not None:
                 sink.finish(str(paths["root"]), spec.name, entry.record_id, name=teacher_name(entry.cfg))
+        # every configuration any experiment of the study runs, planned once (its TrainConfig built here)
+        seeds = list(dict.fromkeys([int(x) for x in spec.seeds] + [int(x) for part in parts for x in part["seeds"]]))
+        base = spec.base.replace(**{"run.teacher_cache": base_flat["run.teacher_cache"]}) \
+            if base_flat["run.teacher_cache"] != spec.base.run.teacher_cache else spec.base
         ctx = TrialContext(study=spec.name, results_root=str(paths["root"]), runs_root=str(paths["runs"]),
-                           storage_path=str(paths["storage"]), base_flat=base_flat, variants=tuple(variants),
-                           tags=dict(spec.tags), shape=shape, resources=spec.resources, max_failures=spec.max_failures,
-                           setting_names=tuple(names), verbose=verbose)
+                           storage_path=str(paths["storage"]),
+                           plans=plan_trials(base, variants, names, seeds, spec.tags, shape),
+                           shape=shape, resources=spec.resources, max_failures=spec.max_failures, verbose=verbose)
         for part in parts:  # the study's first experiment, then those --resume added settings/seeds with
             part_names = [n for n in names if n in set(part["settings"])]
             part_seeds = [int(x) for x in part["seeds"]]
@@ -221,18 +230,14 @@ def teacher_name(cfg: Any) -> str:
 
 def _cohort_plan(spec: StudySpec, ctx: TrialContext, info: RayInfo, shape: str, settings: Sequence[str],
                  seeds: Sequence[int]) -> list[list[list[Any]]]:
-    """The (setting, seed) pairs of ``settings`` x ``seeds`` grouped into cohorts (see :func:`plan_cohorts`):
+    """The planned configurations of ``settings`` x ``seeds`` grouped into cohorts (see :func:`plan_cohorts`):
     per cohort its members as ``[setting name, seed]``."""
-    names = list(ctx.setting_names)
-    configs = [(i, s, trial_config(ctx, {SETTING_KEY: names[i], SEED_KEY: s}, "plan")[0])
-               for i in range(len(ctx.variants)) if names[i] in set(settings) for s in seeds]
+    configs = [(p.setting, p.seed, p.config) for p in ctx.plans if p.setting in set(settings) and p.seed in set(seeds)]
     slots = spec.max_concurrent or max_concurrent_trials(info.resources, spec.resources.per_trial(shape))
-    return [[[names[v], s] for v, s in c] for c in plan_cohorts(configs, slots, spec.cohort_size)]
+    return plan_cohorts(configs, slots, spec.cohort_size)
 
 
 def _trainable(ctx: TrialContext) -> Any:
-    from ray.tune.trainable.function_trainable import wrap_function
-
     fn = tune.with_parameters(train_trainable if ctx.shape == "train" else inline_trainable, ctx=ctx)
     r = ctx.resources
     if ctx.shape == "train":
@@ -278,7 +283,7 @@ def _tune(ctx: TrialContext, spec: StudySpec, info: RayInfo, param_space: Mappin
     exp_dir = storage / name
     key = str(exp_dir)
     if monitor is not None:
-        monitor.attach(key, ctx, phase, planned or 1, ctx_iters(ctx, ctx.variants[0]) if ctx.variants else 0)
+        monitor.attach(key, ctx, phase, planned or 1, ctx.plans[0].config.optim.iterations if ctx.plans else 0)
     if sink is not None:
         mlflow_log.attach(key, ctx, sink)
     try:
@@ -307,9 +312,6 @@ def _fit(ctx: TrialContext, spec: StudySpec, info: RayInfo, param_space: Mapping
         shutil.rmtree(exp_dir)
     search_alg = None
     if search == "optuna":
-        import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
         assert optuna_path is not None
         optuna_path.parent.mkdir(parents=True, exist_ok=True)
         search_alg = ResumableOptunaSearch(
@@ -318,8 +320,8 @@ def _fit(ctx: TrialContext, spec: StudySpec, info: RayInfo, param_space: Mapping
             storage=JournalStorage(JournalFileBackend(str(optuna_path))), study_name=spec.name)
     sched = None
     if scheduler == "asha":
-        iters = [ctx_iters(ctx, v) for v in ctx.variants]
-        evals = [e for e in (ctx_eval(ctx, v) for v in ctx.variants) if e]
+        iters = [p.config.optim.iterations for p in ctx.plans]
+        evals = [p.config.run.eval_every for p in ctx.plans if p.config.run.eval_every]
         sched = EvalOnlyASHA(time_attr="iteration", max_t=max(iters),
                               grace_period=spec.asha_grace or (min(evals) if evals else 1),
                               reduction_factor=spec.asha_reduction)
@@ -387,13 +389,7 @@ def _tune_output(verbose: int) -> Iterator[None]:
             os.environ["RAY_AIR_NEW_OUTPUT"] = saved
 
 
-def _optuna_search_cls() -> type:
-    from ray.tune.search.optuna import OptunaSearch
-
-    return OptunaSearch
-
-
-class ResumableOptunaSearch(_optuna_search_cls()):  # type: ignore[misc]
+class ResumableOptunaSearch(OptunaSearch):
     """OptunaSearch that tolerates results for trials the persistent Optuna study already closed.
 
     After a driver crash, Tune's last experiment snapshot can predate a trial's completion, which
@@ -404,8 +400,6 @@ class ResumableOptunaSearch(_optuna_search_cls()):  # type: ignore[misc]
     def restore(self, checkpoint_path: str) -> None:
         """Restore, then close as FAIL the Optuna trials suggested after Tune's last snapshot (their
         Tune trials are unknown to the restored experiment and will never report)."""
-        import optuna
-
         super().restore(checkpoint_path)
         known = {t.number for t in self._ot_trials.values()}
         for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -416,22 +410,12 @@ class ResumableOptunaSearch(_optuna_search_cls()):  # type: ignore[misc]
                     log.debug("could not close orphan Optuna trial %s: %s", t.number, exc)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        import optuna
-
         if result.get(REPORT_KEY, EVAL) != EVAL:  # progress reports are not new intermediate values
             return
         try:
             super().on_trial_result(trial_id, result)
         except (optuna.exceptions.UpdateFinishedTrialError, KeyError) as exc:
             log.debug("ignoring a result for closed Optuna trial %s: %s", trial_id, exc)
-
-
-def ctx_iters(ctx: TrialContext, variant: Mapping[str, Any]) -> int:
-    return int(variant.get("optim.iterations", ctx.base_flat["optim.iterations"]))
-
-
-def ctx_eval(ctx: TrialContext, variant: Mapping[str, Any]) -> int:
-    return int(variant.get("run.eval_every", ctx.base_flat["run.eval_every"]))
 
 
 def ensure_teachers(spec: StudySpec, zoo: TeacherZoo, info: RayInfo, shape: str, *, verbose: int = 0,
@@ -442,12 +426,10 @@ def ensure_teachers(spec: StudySpec, zoo: TeacherZoo, info: RayInfo, shape: str,
     """
     variants: list[dict[str, Any]] = []
     entries: dict[str, ZooEntry] = {}
-    for v in spec.expand_variants():
+    for v, cfg, teacher_cfg in zip(spec.expand_variants(), spec.variant_configs, spec.teacher_configs):
         v = dict(v)
-        cfg = spec.config_for(v, spec.seeds[0])
-        if spec.needs_teacher(cfg) and cfg.distill.teacher_checkpoint in ("", PENDING_TEACHER):
-            assert spec.teacher is not None
-            entry = zoo.entry(spec.teacher.config_for(cfg))
+        if teacher_cfg is not None and cfg.distill.teacher_checkpoint in ("", PENDING_TEACHER):
+            entry = zoo.entry(teacher_cfg)
             entries.setdefault(entry.record_id, entry)
             v["distill.teacher_arch"] = entry.cfg.model.arch
             v["distill.teacher_checkpoint"] = str(entry.model_path)
@@ -499,18 +481,17 @@ def train_teachers(entries: Sequence[ZooEntry], zoo: TeacherZoo, spec: StudySpec
         flat = e.training_config().to_flat()
         flat.update({"tag.record_id": e.record_id, "tag.role": "teacher"})
         variants.append(flat)
-    base_flat = spec.base.to_flat()
-    names = setting_names(variants, base_flat, explicit=[teacher_name(e.cfg) for e in entries])
+    names = setting_names(variants, spec.base.to_flat(), explicit=[teacher_name(e.cfg) for e in entries])
     # only on a Ray of our own: on a joined cluster other jobs may hold CPUs a teacher would wait for
     resources = (teacher_resources(spec.resources, shape, info.resources, len(entries), largest_node_cpus())
                  if info.started_here else spec.resources)
     ctx = TrialContext(study=RECORD_STUDY, results_root=str(zoo.records_root), runs_root=str(zoo.root / "_runs"),
-                       storage_path=str(zoo.root / "_ray"), base_flat=base_flat, variants=tuple(variants),
-                       tags={**dict(spec.tags), "role": "teacher"}, shape=shape, resources=resources,
-                       max_failures=spec.max_failures, setting_names=tuple(names), verbose=verbose)
+                       storage_path=str(zoo.root / "_ray"),
+                       plans=plan_trials(spec.base, variants, names, None, {**dict(spec.tags), "role": "teacher"}, shape),
+                       shape=shape, resources=resources, max_failures=spec.max_failures, verbose=verbose)
     name = "teachers_" + "_".join(sorted(e.key[2] for e in entries))[:80]
     teacher_spec = spec.replace(scheduler="none", search="grid", resources=resources)
-    space = grid_space(variants, names, (), base_flat, with_seed=False)
+    space = grid_space(variants, names, (), spec.base.to_flat(), with_seed=False)
     # A fresh Tune experiment each time (its trials resume from the entries' own checkpoints): a finished
     # experiment restored would not train a teacher whose model.pt has gone since.
     _tune(ctx, teacher_spec, info, space, name=name, resume=False, release=shape == "train", optuna_path=None,
@@ -535,8 +516,6 @@ def teacher_resources(students: Resources, shape: str, cluster: Mapping[str, flo
 
 def largest_node_cpus() -> float | None:
     """The most CPUs one alive node of the connected Ray cluster has (None if unknown)."""
-    import ray
-
     try:
         cpus = [float(n.get("Resources", {}).get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
     except Exception:  # noqa: BLE001 - only a cap
@@ -550,8 +529,6 @@ def teachers_only(spec: StudySpec, *, results_root: str | Path = "results", addr
     """Ensure every teacher ``spec`` needs is in the zoo (training missing ones); record them in
     the study ``spec.name`` (role = teacher) and return its trials table. No student runs.
     ``progress``, ``verbose`` and ``mlflow`` as for :func:`run_study`."""
-    import time
-
     t0 = time.time()
     root = check_results_root(results_root)
     if zoo is not None:
@@ -563,8 +540,6 @@ def teachers_only(spec: StudySpec, *, results_root: str | Path = "results", addr
 
 def _teachers_only(spec: StudySpec, *, results_root: Path, address: str | None, zoo: str | Path | None, verbose: int,
                    dashboard: bool, progress: str, mlflow: str | None, t0: float) -> pd.DataFrame:
-    import time
-
     paths = study_paths(results_root, spec.name)
     zoo_ = TeacherZoo(zoo if zoo is not None else paths["root"] / "_zoo")
     preflight_spec(spec)

@@ -28,6 +28,8 @@ from typing import Iterator
 
 import ray
 
+from .interrupt import set_own_gcs
+
 log = logging.getLogger(__name__)
 
 # Tune writes its experiment state (what resume reads) at most this often (seconds).
@@ -183,8 +185,6 @@ def ray_session(address: str | None = None, *, dashboard: bool = True, num_cpus:
         ok = state_api_available() if probe_state_api and (dashboard or not started or address) else False
         ctx = ray.get_runtime_context()
         if started and not address and not os.environ.get("RAY_ADDRESS"):
-            from .interrupt import set_own_gcs
-
             set_own_gcs(getattr(ctx, "gcs_address", "") or "")
         info = RayInfo(address=getattr(ctx, "gcs_address", "") or "", started_here=started, state_api=ok,
                        resources={k: float(v) for k, v in ray.cluster_resources().items()},
@@ -192,8 +192,6 @@ def ray_session(address: str | None = None, *, dashboard: bool = True, num_cpus:
         yield info
     finally:
         if started:
-            from .interrupt import set_own_gcs
-
             set_own_gcs("")
             with contextlib.suppress(Exception):
                 ray.shutdown()

@@ -14,6 +14,7 @@ proposes further overrides per trial.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from ..config import ConfigError, DistillConfig, TrainConfig
+from ..results import _NAME_RE  # one naming rule for studies and result files
 
 SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("none", "asha")
@@ -99,7 +101,7 @@ class StudySpec:
     itself), "inline" (run the trials inline instead) or "error".
     ``cohort_size``: grid studies without early stopping train up to this many compatible
     configurations (same data, student, schedule, seed and teacher) in one trial, sharing the data
-    stream and the teacher forward (:mod:`segdistill.study.cohort_trial`); 1 = one trial each.
+    stream and the teacher forward (:func:`segdistill.study.trial.cohort_trainable`); 1 = one trial each.
     ``teacher_cache``: trials share cached teacher logits (``<zoo>/_logits``) where the augmentation is
     finite (:mod:`segdistill.teacher_cache`).
     """
@@ -129,8 +131,6 @@ class StudySpec:
     teacher_cache: bool = True
 
     def __post_init__(self) -> None:
-        from ..results import _NAME_RE  # one naming rule for studies and result files
-
         if not _NAME_RE.match(self.name):
             raise ConfigError(f"study name {self.name!r} must match {_NAME_RE.pattern}")
         _choice("search", self.search, SEARCHES)
@@ -160,8 +160,7 @@ class StudySpec:
             raise ConfigError("seeds must name at least one seed")
         if self.asha_grace < 0 or self.asha_reduction < 2:
             raise ConfigError("asha_grace must be >= 0 and asha_reduction >= 2")
-        for v in self.expand_variants():  # fail at construction, not in a trial
-            self.config_for(v, self.seeds[0])
+        self.variant_configs  # noqa: B018 - every variant's config is built (and validated) at construction
 
     # -- variants -----------------------------------------------------------------------------
     def expand_variants(self) -> list[dict[str, Any]]:
@@ -183,6 +182,18 @@ class StudySpec:
             flat["distill.teacher_arch"] = self.teacher.arch
             flat["distill.teacher_checkpoint"] = PENDING_TEACHER
         return self.base.replace(**flat)
+
+    @functools.cached_property
+    def variant_configs(self) -> tuple[TrainConfig, ...]:
+        """Each variant's TrainConfig with the first seed: what the checks before Ray and the zoo
+        look at (data, models, teachers; the seed changes none of them). Built once per spec."""
+        return tuple(self.config_for(v, self.seeds[0]) for v in self.expand_variants())
+
+    @functools.cached_property
+    def teacher_configs(self) -> tuple[TrainConfig | None, ...]:
+        """Per variant, the TrainConfig of the zoo teacher it needs (None: it needs none). Built once per spec."""
+        return tuple(self.teacher.config_for(c) if self.teacher is not None and self.needs_teacher(c) else None
+                     for c in self.variant_configs)
 
     def num_trials(self) -> int:
         if self.search == "optuna":

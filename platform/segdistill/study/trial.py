@@ -1,4 +1,4 @@
-"""The two trial shapes and everything a trial does around ``segdistill.train.fit``.
+"""The trial shapes (inline, cohort, train) and everything a trial does around ``fit``.
 
 ``inline``: the Tune trial process runs ``fit`` itself and reports with ``ray.tune.report``
 (checkpoint = the trainer's ``out_dir/checkpoint``; restored with ``ray.tune.get_checkpoint``).
@@ -14,100 +14,65 @@ persisted checkpoint's path as ``checkpoint_path``. The Train run is named ``tra
 under the study's storage path, so a restarted trial re-opens the same run and Train V2 restores
 its checkpoint-manager snapshot (``ray.train.get_checkpoint()`` returns the latest checkpoint).
 
-Both shapes write the trial's Parquet record from the trial itself when ``fit`` returns (this
-survives the death of the Tune driver); trials Tune stops or that fail are recorded by the driver
+``cohort`` (an inline trial whose config holds ``members``): several grid configurations trained
+together by :func:`segdistill.cohort.fit_cohort` (one data stream, one teacher forward per step),
+each keeping its own run directory, checkpoints, record and restart count
+(:mod:`segdistill.study.plan`). Each member reports with ``member`` = its index; a member that
+fails is recorded here, while the others go on.
+
+Every shape starts each configuration with :func:`begin` (its TrainConfig from its plan, built
+once; its tags; its checkpoint restored; this start noted) and writes its Parquet record from the
+trial itself when ``fit`` returns (:mod:`segdistill.study.records`; this survives the death of the
+Tune driver); trials Tune stops or that fail are recorded by the driver
 (:mod:`segdistill.study.callbacks`) from their last checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
+import traceback
 from pathlib import Path
 from typing import Any, Mapping
 
+import ray
+import torch
+import torch.distributed as dist
+from ray import tune
+
+from ..cohort import fit_cohort
 from ..config import TrainConfig
 from ..layout import CHECKPOINT_DIR, STATE_FILE
-from ..results import part_path, record_from_fit, write_trial
+from ..train import fit
 from .interrupt import quiet_stop_in_worker
-from .names import LEGACY_SEED_KEY, LEGACY_VARIANT_KEY, SEED_KEY, SETTING_KEY, setting_names
-from .spec import TAG_PREFIX, Resources
+from .names import MEMBERS_KEY
+from .plan import TrialContext, TrialMember, member_config, trial_members
+from .records import failure_summary, finished_record, note_attempt, record_from_state, write_result
+from .runtime import current_placement_group_hex
 
-ATTEMPTS_FILE = "attempts.jsonl"  # one line per start of a trial (restarts = lines - 1)
-
-
-@dataclass(frozen=True)
-class TrialContext:
-    """What every trial of a study needs besides its Tune config (passed with tune.with_parameters)."""
-
-    study: str
-    results_root: str
-    runs_root: str
-    storage_path: str
-    base_flat: Mapping[str, Any]
-    variants: tuple[Mapping[str, Any], ...]
-    tags: Mapping[str, Any] = field(default_factory=dict)
-    shape: str = "inline"
-    resources: Resources = field(default_factory=Resources)
-    max_failures: int = 0
-    setting_names: tuple[str, ...] = ()  # one per variant (segdistill.study.names); () = derived
-    verbose: int = 0  # > 0: Ray's INFO logs in the trial processes stay on
+COHORT_END = "cohort_end"  # the REPORT_KEY of a cohort trial's closing result
+MEMBER_FAILED = "member_failed"  # the REPORT_KEY of a result saying one member failed (the others go on)
 
 
-def variant_of(ctx: TrialContext, config: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The variant a Tune config names: by its ``setting`` name (or, in configs written before setting
-    names, by its ``variant`` index)."""
-    if SETTING_KEY in config:
-        names = ctx.setting_names or tuple(setting_names(ctx.variants, ctx.base_flat))
-        name = str(config[SETTING_KEY])
-        if name not in names:
-            raise KeyError(f"the trial's config names setting {name!r}, which study {ctx.study!r} does not have "
-                           f"(its settings: {', '.join(map(repr, names))})")
-        return ctx.variants[names.index(name)]
-    return ctx.variants[int(config.get(LEGACY_VARIANT_KEY, 0))]
-
-
-def trial_config(ctx: TrialContext, config: Mapping[str, Any], trial_id: str) -> tuple[TrainConfig, dict[str, Any], str]:
-    """(TrainConfig, result tags, record id) of one trial from its Tune config.
-
-    Tune's config holds ``setting`` (the variant's name, :mod:`segdistill.study.names`), ``run.seed``,
-    the swept flat keys resolved from the setting and, with Optuna, the searched flat keys such as
-    ``distill.mu``; flat keys in the config override the variant's.
-    """
-    variant = dict(variant_of(ctx, config))
-    tags = dict(ctx.tags)
-    tags.update({k[len(TAG_PREFIX):]: v for k, v in variant.items() if k.startswith(TAG_PREFIX)})
-    flat = {k: v for k, v in variant.items() if not k.startswith(TAG_PREFIX)}
-    flat.update({k: v for k, v in config.items() if "." in k and not k.startswith(TAG_PREFIX)})
-    flat["run.seed"] = int(config.get(SEED_KEY, config.get(LEGACY_SEED_KEY, flat.get("run.seed", 0))))
-    flat.setdefault("run.out_dir", str(Path(ctx.runs_root) / trial_id))
-    flat["run.progress"] = False
-    cfg = TrainConfig.from_flat(dict(ctx.base_flat)).replace(**flat)
-    record_id = str(tags.pop("record_id", trial_id))
-    tags.setdefault("trial_shape", ctx.shape)
-    tags.setdefault("tune_trial_id", trial_id)
-    return cfg, tags, record_id
-
-
-def trial_threads(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with ``run.threads`` set to the CPUs Ray gave this trial when it is 0 (torch's default)
-    and the trial trains on the CPU: Ray sets ``OMP_NUM_THREADS`` to a task's CPUs, and the default
-    then is one thread, so a lone teacher trial holding every core would use one of them. GPU runs,
-    and runs that name their threads, are left as they are."""
-    if cfg.run.threads or cfg.run.device.startswith("cuda") or (cfg.run.device == "auto" and _cuda_available()):
-        return cfg
-    import ray
-
+def trial_threads(device: str, threads: int) -> int:
+    """The ``run.threads`` a trial on ``device`` asking for ``threads`` uses: the CPUs Ray gave this
+    trial when it is 0 (torch's default) and the trial trains on the CPU: Ray sets
+    ``OMP_NUM_THREADS`` to a task's CPUs, and the default then is one thread, so a lone teacher trial
+    holding every core would use one of them. GPU runs, and runs that name their threads, keep theirs."""
+    if threads or device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return threads
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0) if ray.is_initialized() else 0.0
-    return cfg.replace(**{"run.threads": max(1, int(cpus))}) if cpus >= 1 else cfg
+    return max(1, int(cpus)) if cpus >= 1 else threads
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+def _threads(member: TrialMember) -> dict[str, Any]:
+    """``{"run.threads": n}`` for :func:`member_config`: :func:`trial_threads` of the member's run."""
+    run = member.plan.config.run
+    extra = member.extra
+    return {"run.threads": trial_threads(str(extra.get("run.device", run.device)),
+                                         int(extra.get("run.threads", run.threads)))}
 
 
 REPORT_KEY = "report"  # what a Tune result is: an evaluation ("eval") or a progress update ("progress")
@@ -165,20 +130,6 @@ class ProgressReports:
         return {**self.last_log, **metrics}
 
 
-def finished_record(ctx: TrialContext, record_id: str) -> dict[str, Any] | None:
-    """The trials row of a trial that already finished (its record exists), else None."""
-    path = part_path(ctx.results_root, ctx.study, "trials", record_id)
-    if not path.is_file():
-        return None
-    import pandas as pd
-
-    try:
-        row = pd.read_parquet(path).iloc[0].to_dict()
-    except Exception:  # noqa: BLE001 - unreadable means "not finished"
-        return None
-    return row if row.get("status") == "completed" else None
-
-
 def restore_checkpoint(src_dir: str | None, out_dir: str) -> bool:
     """Copy a Ray checkpoint's ``state.pt`` into ``out_dir/checkpoint/`` unless one is there.
 
@@ -203,52 +154,15 @@ def checkpoint_iteration(out_dir: str) -> int:
     path = Path(out_dir) / CHECKPOINT_DIR / STATE_FILE
     if not path.is_file():
         return 0
-    import torch
-
     try:
         return int(torch.load(path, map_location="cpu", weights_only=False).get("iteration", 0))
     except Exception:  # noqa: BLE001 - a torn file: fit will report it
         return 0
 
 
-def note_attempt(out_dir: str, **info: Any) -> int:
-    """Append this start of the trial to ``out_dir/attempts.jsonl`` (fsynced); returns how many starts
-    came before it, i.e. how often the trial has been restarted (worker or driver failure, resume)."""
-    import json
-    import time
-
-    prior = count_attempts(out_dir)
-    path = Path(out_dir) / ATTEMPTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps({"time": time.time(), **info}) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    return prior
-
-
-def count_attempts(out_dir: str) -> int:
-    """Complete lines of ``out_dir/attempts.jsonl`` (a line torn by a kill does not count)."""
-    import json
-
-    path = Path(out_dir) / ATTEMPTS_FILE
-    if not path.is_file():
-        return 0
-    n = 0
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            json.loads(line)
-            n += 1
-        except ValueError:
-            pass
-    return n
-
-
 def report_recorded(row: Mapping[str, Any], total: int) -> None:
     """``tune.report`` a recorded trial's final metrics (its Parquet row), so the scheduler and the
     searcher (Optuna) see the true final value even when the live report of it was lost."""
-    from ray import tune
-
     tune.report({REPORT_KEY: EVAL, "iteration": int(row.get("iterations_done", 0)), "total_iterations": int(total),
                  "val_miou": float(row.get("final_miou", math.nan)),
                  "val_pixel_acc": float(row.get("pixel_acc", math.nan)),
@@ -259,16 +173,39 @@ def quiet_ray_logs(ctx: TrialContext) -> None:
     """Ray Train/Tune INFO messages in this trial process ("Checkpoint successfully created at ...")
     off unless the study runs verbose; warnings stay. A stop signal inside a finaliser prints nothing
     (:func:`~segdistill.study.interrupt.quiet_stop_in_worker`)."""
-    import logging
-
     quiet_stop_in_worker()
     if not ctx.verbose:
         for name in ("ray.train", "ray.tune"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def write_result(ctx: TrialContext, result: Any, record_id: str, tags: Mapping[str, Any]) -> None:
-    write_trial(ctx.results_root, record_from_fit(result, study=ctx.study, trial_id=record_id, tags=dict(tags)))
+def begin(ctx: TrialContext, member: TrialMember, trial_id: str, *, node: str, tags: Mapping[str, Any] | None = None,
+          checkpoint: Any = None, rank: int = 0, restores: bool = True, after_restore: Any = None,
+          **flat: Any) -> tuple[TrainConfig, dict[str, Any], dict[str, Any] | None]:
+    """The prologue every trial shape runs for each configuration it trains.
+
+    Returns (its TrainConfig, built once from its plan with ``flat`` set; its result tags: the plan's,
+    Tune's trial id, ``node``, ``tags``, where it resumes and how often it was restarted; its recorded
+    row if it finished already, else None). Unless finished: Ray's ``checkpoint`` is copied into its
+    run directory (by the process with ``restores``), ``after_restore`` is called (the Train workers'
+    barrier), and rank 0 notes this start in ``attempts.jsonl``.
+    """
+    quiet_ray_logs(ctx)
+    cfg = member_config(ctx, member, **flat)
+    out_tags = {**member.tags(trial_id), "node_id": node, **dict(tags or {})}
+    done = finished_record(ctx, member.record_id)
+    if done is not None:
+        return cfg, out_tags, done
+    if checkpoint is not None and restores:
+        with checkpoint.as_directory() as d:
+            restore_checkpoint(d, cfg.run.out_dir)
+    if after_restore is not None:
+        after_restore()
+    out_tags["resumed_from_iteration"] = checkpoint_iteration(cfg.run.out_dir)
+    if rank == 0:
+        out_tags["restarts"] = note_attempt(cfg.run.out_dir, pid=os.getpid(), node_id=node, rank=rank,
+                                            start_iteration=out_tags["resumed_from_iteration"])
+    return cfg, out_tags, None
 
 
 # -- inline shape --------------------------------------------------------------------------
@@ -283,15 +220,11 @@ class _TuneReporter:
         self.progress = ProgressReports(cfg)
 
     def on_log(self, record: dict[str, float]) -> None:
-        from ray import tune
-
         metrics = self.progress.from_log(record)
         if metrics is not None:
             tune.report({**metrics, **self.extra})
 
     def on_eval(self, event: Any) -> None:
-        from ray import tune
-
         metrics = {**self.progress.from_eval(report_metrics(event.iteration, event.metrics, self.total)), **self.extra}
         ckpt = tune.Checkpoint.from_directory(event.checkpoint_dir) if event.checkpoint_dir else None
         tune.report(metrics, checkpoint=ckpt)
@@ -302,8 +235,6 @@ class _TuneReporter:
         checkpoint written at its last evaluation (the process died between writing it and
         reporting it) evaluates nothing more, and Tune would otherwise complete it with the
         previous evaluation's value (the Optuna "penultimate value" gap)."""
-        from ray import tune
-
         if not result.evals or self.last_reported == int(result.iterations_done):
             return
         tune.report({**report_metrics(result.iterations_done, result.evals[-1], self.total), **self.extra})
@@ -312,39 +243,86 @@ class _TuneReporter:
 
 def inline_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable: ``fit`` in this process (a cohort of configurations when the config
-    holds ``members``, see :mod:`segdistill.study.cohort_trial`)."""
-    import ray
-    from ray import tune
-
-    from ..train import fit
-    from .cohort_trial import MEMBERS_KEY, cohort_trainable
-
+    holds ``members``: :func:`cohort_trainable`)."""
     if MEMBERS_KEY in config:
         return cohort_trainable(config, ctx)
-
     trial_id = tune.get_context().get_trial_id()
-    cfg, tags, record_id = trial_config(ctx, config, trial_id)
-    cfg = trial_threads(cfg)
     node = ray.get_runtime_context().get_node_id()
-    tags["node_id"] = node
-    done = finished_record(ctx, record_id)
+    (member,) = trial_members(ctx, trial_id, config)
+    cfg, tags, done = begin(ctx, member, trial_id, node=node, checkpoint=tune.get_checkpoint(), **_threads(member))
     if done is not None:
         # Finished (and recorded) after the driver's last experiment snapshot: do not train again,
         # but report the recorded final value (Tune's restored last result may be an earlier one).
         report_recorded(done, cfg.optim.iterations)
         return
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            restore_checkpoint(d, cfg.run.out_dir)
-    tags["resumed_from_iteration"] = checkpoint_iteration(cfg.run.out_dir)
-    tags["restarts"] = note_attempt(cfg.run.out_dir, pid=os.getpid(), node_id=node, rank=0,
-                                    start_iteration=tags["resumed_from_iteration"])
-    quiet_ray_logs(ctx)
     reporter = _TuneReporter(cfg, {"node_id": node})
     result = fit(cfg, [reporter], resume=True)
-    write_result(ctx, result, record_id, tags)
+    write_result(ctx, result, member.record_id, tags)
     reporter.report_final(result)
+
+
+# -- cohort shape ----------------------------------------------------------------------------
+class _MemberReporter:
+    """fit callback of one cohort member: reports its evaluations, progress and failure to Tune
+    (``member`` = its index in the cohort), so the driver follows every member of the cohort."""
+
+    def __init__(self, cfg: TrainConfig, j: int, total: int, node: str) -> None:
+        self.j = j
+        self.total = total
+        self.node = node
+        self.progress = ProgressReports(cfg)
+        self.iteration = 0
+
+    def on_log(self, record: dict[str, float]) -> None:
+        self.iteration = int(record["iteration"])
+        metrics = self.progress.from_log(record)
+        if metrics is not None:
+            tune.report({**metrics, "member": self.j, "node_id": self.node})
+
+    def on_eval(self, event: Any) -> None:
+        self.iteration = int(event.iteration)
+        metrics = self.progress.from_eval(report_metrics(event.iteration, event.metrics, self.total))
+        tune.report({**metrics, "member": self.j, "node_id": self.node})
+
+    def on_error(self, exc: BaseException) -> None:
+        reason, at = failure_summary(_traceback(exc))
+        tune.report({REPORT_KEY: MEMBER_FAILED, "member": self.j,
+                     "iteration": at if at is not None else self.iteration, "total_iterations": self.total,
+                     "error_reason": reason, "val_miou": math.nan, "best_miou": math.nan, "node_id": self.node})
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def cohort_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune function trainable for a cohort trial (inline shape): its unrecorded members trained
+    together; each member's record written (failed members' from their checkpoints), then one closing
+    result: the cohort's best final mIoU."""
+    trial_id = tune.get_context().get_trial_id()
+    node = ray.get_runtime_context().get_node_id()
+    members = trial_members(ctx, trial_id, config)
+    cohort = {"cohort_id": trial_id, "cohort_size": len(members)}
+    pending: list[tuple[TrialMember, TrainConfig, dict[str, Any]]] = []
+    for member in members:
+        cfg, tags, done = begin(ctx, member, trial_id, node=node, tags=cohort, **_threads(member))
+        if done is None:  # else finished and recorded before a restart
+            pending.append((member, cfg, tags))
+    total = max((cfg.optim.iterations for _, cfg, _ in pending), default=0)
+    final = []
+    if pending:
+        results = fit_cohort([cfg for _, cfg, _ in pending],
+                             [[_MemberReporter(cfg, member.index, total, node)] for member, cfg, _ in pending],
+                             resume=True, isolate_failures=True)
+        for (member, _, tags), result in zip(pending, results):
+            if isinstance(result, BaseException):
+                record_from_state(ctx, member, trial_id, status="failed", error=_traceback(result),
+                                  last_result={"node_id": node}, extra_tags=cohort)
+            else:
+                write_result(ctx, result, member.record_id, tags)
+                final.append(result.final_miou)
+    tune.report({REPORT_KEY: COHORT_END, "iteration": total, "total_iterations": total, "members_trained": len(pending),
+                 "val_miou": max(final) if final else math.nan, "best_miou": max(final) if final else math.nan})
 
 
 # -- train shape -----------------------------------------------------------------------------
@@ -375,57 +353,44 @@ class _TrainReporter:
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker (torch.distributed already initialised by TorchTrainer)."""
-    import ray
     import ray.train
-    import torch.distributed as dist
-
-    from ..train import fit
-    from .runtime import current_placement_group_hex
+    import ray.train.torch
 
     ctx: TrialContext = loop_config["ctx"]
     trial_id: str = loop_config["trial_id"]
-    cfg, tags, record_id = trial_config(ctx, loop_config["config"], trial_id)
+    (member,) = trial_members(ctx, trial_id, loop_config["config"])
     tctx = ray.train.get_context()
-    rank, local_rank = tctx.get_world_rank(), tctx.get_local_rank()
-    if ctx.resources.gpus > 0:
-        import ray.train.torch
-
-        cfg = cfg.replace(**{"run.device": str(ray.train.torch.get_device())})
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None and local_rank == 0:
-        with ckpt.as_directory() as d:
-            restore_checkpoint(d, cfg.run.out_dir)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    tags["resumed_from_iteration"] = checkpoint_iteration(cfg.run.out_dir)
+    rank, local_rank, world_size = tctx.get_world_rank(), tctx.get_local_rank(), tctx.get_world_size()
+    device = {"run.device": str(ray.train.torch.get_device())} if ctx.resources.gpus > 0 else {}
+    barrier = dist.barrier if dist.is_available() and dist.is_initialized() else None
     node = ray.get_runtime_context().get_node_id()
-    if rank == 0:
-        tags["restarts"] = note_attempt(cfg.run.out_dir, pid=os.getpid(), node_id=node, rank=rank,
-                                        start_iteration=tags["resumed_from_iteration"])
-    extra = {"pg_id": current_placement_group_hex(), "node_id": node, "world_size": tctx.get_world_size()}
-    quiet_ray_logs(ctx)
+    cfg, tags, done = begin(ctx, member, trial_id, node=node, tags={"world_size": world_size},
+                            checkpoint=ray.train.get_checkpoint(), rank=rank, restores=local_rank == 0,
+                            after_restore=barrier, **device)
+    if done is not None:  # recorded since the trial's driver looked (it reports the record)
+        return
+    extra = {"pg_id": current_placement_group_hex(), "node_id": node, "world_size": world_size}
     result = fit(cfg, [_TrainReporter(cfg, extra)], resume=True)
     if rank == 0:
-        tags.update({"node_id": node, "world_size": tctx.get_world_size()})
-        write_result(ctx, result, record_id, tags)
+        write_result(ctx, result, member.record_id, tags)
 
 
 def train_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable that launches a Ray Train run for this trial and waits for it."""
     import ray.train
-    from ray import tune
-    from ray.train.torch import TorchTrainer
+    import ray.train.torch
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
-    cfg, _, record_id = trial_config(ctx, config, trial_id)
-    done = finished_record(ctx, record_id)
+    (member,) = trial_members(ctx, trial_id, config)
+    total = member.iterations
+    done = finished_record(ctx, member.record_id)
     if done is not None:  # see inline_trainable
-        report_recorded(done, cfg.optim.iterations)
+        report_recorded(done, total)
         return
     r = ctx.resources
     per_worker = {"CPU": r.cpus, **({"GPU": r.gpus} if r.gpus else {})}
-    trainer = TorchTrainer(
+    trainer = ray.train.torch.TorchTrainer(
         train_worker,
         train_loop_config={"ctx": ctx, "trial_id": trial_id, "config": dict(config)},
         scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.gpus > 0,
@@ -441,6 +406,6 @@ def train_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     # trial runs; the last one can be lost when the Train run ends right after it (observed on
     # Ray 2.58: the final evaluation missing from Tune's results of finished trials). Report the
     # recorded final metrics once more so the scheduler and Optuna see the true final value.
-    done = finished_record(ctx, record_id)
+    done = finished_record(ctx, member.record_id)
     if done is not None:
-        report_recorded(done, cfg.optim.iterations)
+        report_recorded(done, total)

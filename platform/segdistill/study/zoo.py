@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -29,7 +30,7 @@ import pandas as pd
 
 from ..config import TrainConfig
 from ..layout import MODEL_FILE
-from ..results import TrialRecord, read_table, write_trial
+from ..results import TrialRecord, part_path, read_table, write_trial
 from .spec import recipe_hash, safe_name
 
 RECORDS = "_records"
@@ -89,8 +90,6 @@ class TeacherZoo:
 
     def forget_record(self, entry: ZooEntry) -> bool:
         """Delete the entry's teacher record (it is rewritten when the teacher is trained again)."""
-        from ..results import part_path
-
         removed = False
         for table in ("trials", "per_class", "curves"):
             path = part_path(self.records_root, RECORD_STUDY, table, entry.record_id)
@@ -115,8 +114,6 @@ class TeacherZoo:
         tables = {}
         for table in ("trials", "per_class", "curves"):
             try:
-                import warnings
-
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     df = read_table(self.records_root, table, RECORD_STUDY)
