@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, flat_keys
 
 PRESET_NAMES = ("smoke", "demo", "paper", "released")  # = segdistill.study.presets.PRESETS (not imported: no Ray here)
 TINY_TEACHER = "deeplabv3_tiny_r101"
@@ -137,7 +137,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"{name:<22} {params / 1e6:8.2f}M {params_no_aux / 1e6:8.2f}M {gflops:8.1f} {paper:12.1f}")
         return 0
     info = {"models": sorted(MODELS), "datasets": sorted(DATASETS), "methods": ["none", *sorted(METHODS)],
-            "config_keys": sorted(TrainConfig().to_flat())}
+            "config_keys": list(flat_keys())}
     print(json.dumps(info, indent=1))
     return 0
 

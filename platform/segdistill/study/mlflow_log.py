@@ -297,7 +297,7 @@ class MlflowSink:
         import pandas as pd
         from mlflow.entities import Metric, RunTag
 
-        from ..config import TrainConfig
+        from ..config import flat_keys
         from ..results import part_path
 
         path = part_path(results_root, study, "trials", record_id)
@@ -308,8 +308,7 @@ class MlflowSink:
                         {**tags, **{k: row.get(k) for k in ("role", "setting") if k in row}})
         if run["done"]:
             return
-        config_keys = TrainConfig().to_flat().keys()
-        self._log_params(run, {k: row[k] for k in config_keys if k in row})
+        self._log_params(run, {k: row[k] for k in flat_keys() if k in row})
         points: list[tuple[str, float, int]] = []
         curves = part_path(results_root, study, "curves", record_id)
         if curves.is_file():
