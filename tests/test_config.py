@@ -153,3 +153,14 @@ def test_registry_round_trip():
         assert TrainConfig.from_flat(flat) == cfg and TrainConfig.from_json(cfg.to_json()) == cfg
         row = {**every, **{k: v for k, v in flat.items() if v is not None}}
         assert TrainConfig.from_flat(row) == cfg
+
+
+def test_flat_dicts_of_earlier_versions_with_every_methods_keys_still_read():
+    """Checkpoints written when every config carried every method's parameters (runstate.restore)."""
+    from segdistill.config import own_method_keys
+
+    cfg = TrainConfig().replace(**HWD, **{"distill.beta": 0.3})
+    old = {**{k: 1.0 for k in flat_keys() if k.startswith("distill.") and k not in cfg.to_flat()}, **cfg.to_flat()}
+    with pytest.raises(ConfigError, match="not of hwd"):
+        TrainConfig.from_flat(old)
+    assert TrainConfig.from_flat(own_method_keys(old)) == cfg

@@ -262,6 +262,16 @@ def param_owners(name: str) -> tuple[str, ...]:
     return tuple(m for m in sorted(METHODS) if name in param_fields(m))
 
 
+def own_method_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``flat`` without the parameters of methods other than its ``distill.method``: a flat dict
+    written when every config carried every method's parameters (checkpoints of earlier versions)
+    read as one of today's."""
+    method = flat.get("distill.method", NO_METHOD)
+    own = param_fields(method) if method in known_methods() else frozenset()
+    return {k: v for k, v in flat.items()
+            if not (k.startswith("distill.") and param_owners(k.partition(".")[2]) and k.partition(".")[2] not in own)}
+
+
 def _foreign_message(name: str, method: str) -> str:
     owners = param_owners(name)
     if not owners:
