@@ -276,8 +276,8 @@ def _foreign_message(name: str, method: str) -> str:
     owners = param_owners(name)
     if not owners:
         return f"unknown config key 'distill.{name}'{_nearest_key(f'distill.{name}')}"
-    return (f"distill.{name} is a parameter of {', '.join(owners)}, not of {method}; set distill.method first "
-            f"(in the same replace) or drop the key")
+    return (f"distill.{name} is a parameter of {', '.join(owners)}, not of {method}; set distill.method to "
+            f"the method it is for (in the same replace) or drop the key")
 
 
 def _is_missing(value: Any) -> bool:
