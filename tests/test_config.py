@@ -164,3 +164,17 @@ def test_flat_dicts_of_earlier_versions_with_every_methods_keys_still_read():
     with pytest.raises(ConfigError, match="not of hwd"):
         TrainConfig.from_flat(old)
     assert TrainConfig.from_flat(own_method_keys(old)) == cfg
+
+
+def test_presets_carry_method_parameters_apart_from_their_none_base():
+    """The paper/released presets' HWD recipe (mu, N_c correction) reaches every HWD variant."""
+    from segdistill.losses import KDParams
+    from segdistill.study.presets import get_preset
+
+    p = get_preset("released", data_root="/data")
+    assert p.base.distill.method == "none" and p.base.distill.params == MethodParams()
+    hwd, none = p.variants([{"distill.method": "hwd", "distill.beta": 0.2}, {"distill.method": "none"}])
+    assert (hwd["distill.mu"], hwd["distill.pixel_correction"], hwd["distill.beta"]) == (1.0, "none", 0.2)
+    assert none == {"distill.method": "none"}
+    assert p.params("hwd") == HWDParams(mu=1.0, pixel_correction="none") and p.params("kd") == KDParams()
+    assert get_preset("paper", data_root="/data", dataset="cocostuff").params("hwd").mu == 0.1
