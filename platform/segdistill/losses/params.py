@@ -1,8 +1,8 @@
 """The base of every method's parameter dataclass, and the groups several methods share.
 
 Each distillation method owns a frozen dataclass of its parameters next to its loss code
-(``HWDParams`` in :mod:`.hwd`, ``CWDParams`` in :mod:`.cwd`, ...), registered with its distiller
-(:mod:`.distillers`). Each dataclass validates its own fields in ``__post_init__``, the one place
+(``HWDParams`` in :mod:`.hwd`, ``CWDParams`` in :mod:`.cwd`, ...) and named by its distiller's
+``params_class`` (:mod:`.registry`). Each dataclass validates its own fields in ``__post_init__``, the one place
 those values are checked, and raises :class:`~segdistill.errors.ConfigError` naming the flat key
 (``distill.<field>``) under which :class:`~segdistill.config.TrainConfig` exposes the field.
 Dataclasses that extend another call ``super().__post_init__()`` so every group checks its fields.
