@@ -181,8 +181,7 @@ class DistillConfig:
 
     def __init__(self, method: str = NO_METHOD, alpha: float | None = None, teacher_arch: str = "",
                  teacher_checkpoint: str = "", params: MethodParams | None = None, **param_values: Any) -> None:
-        known = known_methods()
-        check(method in known, f"distill.method must be one of {known}, got {method!r}")
+        _check_method(method)
         kind = params_class(method)
         params = kind() if params is None else params
         check(type(params) is kind, f"distill.params of method {method!r} must be a {kind.__name__}, "
@@ -233,6 +232,7 @@ class DistillConfig:
         a Parquet cell of a row of another method) and an error otherwise."""
         values = dict(values)
         method = _coerce("distill.method", values.pop("method"), self.method) if "method" in values else self.method
+        _check_method(method)
         params = self.params if method == self.method else params_class(method)()
         own = param_fields(method)
         shared: dict[str, Any] = {}
@@ -250,6 +250,11 @@ class DistillConfig:
 
 
 DISTILL_SHARED_FIELDS: tuple[str, ...] = ("method", "alpha", "teacher_arch", "teacher_checkpoint")
+
+
+def _check_method(method: str) -> None:
+    known = known_methods()
+    check(method in known, f"distill.method must be one of {known}, got {method!r}")
 
 
 def param_fields(method: str) -> frozenset[str]:
