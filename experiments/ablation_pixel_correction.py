@@ -25,7 +25,7 @@ from segdistill.study.presets import pick
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
     preset = preset_from_args(args)
-    mu0 = preset.base.distill.mu
+    mu0 = preset.params("hwd").mu
     mus = pick(preset, tuple(sorted({mu0, 1.0})), (mu0,))
     variants = [{"distill.method": "hwd", "distill.pixel_correction": pc, "distill.mu": m,
                  "tag.group": PIXEL_CORRECTION, "tag.setting": f"{pc} mu={m:g}"}

@@ -67,7 +67,7 @@ def methods(preset: Preset) -> dict[str, dict]:
 
 def study(preset: Preset, name: str, variants: list[dict], seeds, group: str, **kw) -> StudySpec:
     # cohort_size=1: one student per trial, so each row's wall_time_s is that student's own cost
-    return StudySpec(name=name, base=preset.base, variants=variants, seeds=tuple(seeds), teacher=preset.teacher,
+    return StudySpec(name=name, base=preset.base, variants=preset.variants(variants), seeds=tuple(seeds), teacher=preset.teacher,
                      shape=preset.shape, resources=preset.resources, cohort_size=1,
                      tags=experiment_tags(EXPERIMENT, preset.name, group), **kw)
 

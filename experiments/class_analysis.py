@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     # opt-in figure data: sampled per-pixel features (t-SNE, Fig. 5) and a few predictions (Fig. 4)
     base = preset.base.replace(**{"run.embedding_pixels": 256 if preset.subset else 2000,
                                   "run.sample_images": 2 if preset.subset else 4})
-    spec = StudySpec(name=study_name(__file__, preset), base=base, variants=variants, seeds=preset.seeds,
+    spec = StudySpec(name=study_name(__file__, preset), base=base, variants=preset.variants(variants), seeds=preset.seeds,
                      teacher=preset.teacher, shape=preset.shape, resources=preset.resources,
                      tags=experiment_tags("class_analysis", preset.name, CLASS_ANALYSIS))
     df = run(spec, args)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 if m == "hwd":
                     v["distill.mu"] = PAPER_MU.get(ds, 0.0)
                 variants.append(v)
-    spec = StudySpec(name=study_name(__file__, preset), base=preset.base, variants=variants, seeds=preset.seeds,
+    spec = StudySpec(name=study_name(__file__, preset), base=preset.base, variants=preset.variants(variants), seeds=preset.seeds,
                      teacher=preset.teacher, shape=preset.shape, resources=preset.resources,
                      tags=experiment_tags("compare_methods", preset.name, COMPARISON))
     df = run(spec, args)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     preset = preset_from_args(args)
     samples = args.samples or {"smoke": 4, "demo": 24, "paper": 32}[preset.name]
-    spec = StudySpec(name=study_name(__file__, preset), base=preset.base, variants=({"distill.method": "hwd"},),
+    spec = StudySpec(name=study_name(__file__, preset), base=preset.base, variants=preset.variants([{"distill.method": "hwd"}]),
                      seeds=preset.seeds[:1], search="optuna", space=hwd_space, num_samples=samples,
                      scheduler="asha", teacher=preset.teacher, shape=preset.shape, resources=preset.resources,
                      tags=experiment_tags("search_hwd", preset.name, SEARCH))

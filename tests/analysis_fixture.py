@@ -19,13 +19,13 @@ import numpy as np
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from segdistill.config import TrainConfig  # noqa: E402
+from segdistill.config import TrainConfig, known_methods  # noqa: E402
 from segdistill.results import Embeddings, TrialRecord, write_trial  # noqa: E402
 
 # class name -> validation pixel count; "ring" never occurs (IoU undefined, must be left out)
 CLASSES = {"road": 9000, "building": 5000, "sidewalk": 3000, "wall": 800, "truck": 400, "pole": 200, "ring": 0}
-BASE = TrainConfig().replace(**{"data.name": "cityscapes", "model.arch": "deeplabv3_r18", "distill.beta": 0.1,
-                                "distill.mu": 0.0})
+BASE = TrainConfig().replace(**{"data.name": "cityscapes", "model.arch": "deeplabv3_r18"})
+HWD_PARAMS = {"distill.beta": 0.1, "distill.mu": 0.0}  # what every HWD row starts from
 TEACHER_ID = "teacher-deeplabv3_r101-cityscapes-0123456789ab"
 TEACHER_ADE_ID = "teacher-deeplabv3_r101-ade20k-0123456789ab"
 TEACHER_KW = {"distill.teacher_arch": "deeplabv3_r101", "distill.teacher_checkpoint": "zoo/model.pt"}
@@ -102,11 +102,14 @@ def record(study: str, tid: str, flat: dict, miou: float, *, role: str = "studen
 
 
 def _flat(**over) -> dict:
-    method = over.get("distill.method", "none")
+    """A row's config: the method's own parameters only, as the writers store them. A method this
+    checkout does not register (tables must cope) gets the shared fields of a 'none' config."""
+    method = over.pop("distill.method", "none")
     extra = TEACHER_KW if method != "none" else {}
-    cfg = BASE.replace(**{k: v for k, v in over.items() if k != "distill.method"}, **extra)
-    flat = cfg.to_flat()
-    flat["distill.method"] = method  # may be a method this checkout does not register (tables must cope)
+    if method in known_methods() and method != "none":
+        extra = {**extra, "distill.method": method, **(HWD_PARAMS if method == "hwd" else {})}
+    flat = BASE.replace(**{**extra, **over}).to_flat()
+    flat["distill.method"] = method
     return flat
 
 

@@ -35,7 +35,7 @@ from fault_helpers import DRIVER_ITERATIONS, DRIVER_SAMPLES, DRIVER_STUDY, fit_c
 from ray_helpers import REPO, ray_env, tiny_base, two_node_cluster  # noqa: E402
 
 from segdistill import results as rs  # noqa: E402
-from segdistill.config import ConfigError, DataConfig, TrainConfig  # noqa: E402
+from segdistill.config import ConfigError, DataConfig, TrainConfig, param_owners  # noqa: E402
 from segdistill.results import SchemaVersionError, read_curves, read_joined, read_trials, write_trial  # noqa: E402
 from segdistill.study import Resources, StudySpec  # noqa: E402
 from segdistill.study.preflight import PreflightError, check_resources, preflight_spec  # noqa: E402
@@ -59,6 +59,7 @@ def _run_helper(*args: str, limit_bytes: int | None = None, timeout: float = 120
 # =============================================================================================
 # Bad input: answered before any Ray job starts, naming the field, the value and what is allowed
 # =============================================================================================
+HWD_STUDENT = {"distill.method": "hwd", "distill.teacher_arch": "deeplabv3_tiny_r18", "distill.teacher_checkpoint": "t.pt"}
 BAD_CONFIGS = [
     ({"distill.beta": 0.0}, r"distill\.beta must be in \(0, 1\), got 0\.0"),
     ({"distill.beta": 1.0}, r"distill\.beta must be in \(0, 1\), got 1\.0"),
@@ -79,11 +80,13 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize("override,message", BAD_CONFIGS, ids=[next(iter(o)) + "=" + str(next(iter(o.values())))
                                                                 for o, _ in BAD_CONFIGS])
 def test_bad_config_values_are_refused_at_construction(override, message):
+    # HWD's parameters are checked on an HWD config (on another method's they are foreign keys)
+    student = HWD_STUDENT if any(param_owners(k.partition(".")[2]) for k in override) else {}
     with pytest.raises(ConfigError, match=message):
-        TrainConfig().replace(**override)
+        TrainConfig().replace(**student, **override)
     # the same typo in a study is caught when the StudySpec is built, long before Ray
     with pytest.raises(ConfigError, match=message):
-        StudySpec(name="s", base=tiny_base(), grid={k: [v] for k, v in override.items()})
+        StudySpec(name="s", base=tiny_base().replace(**student), grid={k: [v] for k, v in override.items()})
 
 
 def _no_ray(monkeypatch):
@@ -105,7 +108,7 @@ def _empty_space(trial) -> dict:
 
 def _bad_space(trial) -> dict:
     trial.suggest_float("distill.beta", 0.5, 1.5)  # a range that leaves (0, 1)
-    return {}
+    return {"distill.method": "hwd"}
 
 
 def test_empty_search_space_is_refused():

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from segdistill import METHODS
-from segdistill.config import ConfigError, DistillConfig, TrainConfig
+from segdistill.config import ConfigError, DistillConfig, TrainConfig, flat_keys, param_owners
 from segdistill.losses import (
     MemoryBank, build_distiller, contrast_kd_loss, dist_terms, gradient_penalty, ifv_loss, memory_bytes,
     mgd_loss, minibatch_pair_loss, pairwise_similarity_loss, random_keep_mask, reference_alpha,
@@ -326,7 +326,7 @@ def test_memory_footprint_is_reported_and_capped():
     student, teacher = build_model("deeplabv3_tiny_r18", C), build_model(TEACHER, C)
     cfg = _cfg("cirkd")
     d = build_distiller(cfg, student=student, teacher=teacher)
-    expect = memory_bytes(C, cfg.cirkd_pixel_memory, cfg.cirkd_region_memory, teacher.feature_channels["head"])
+    expect = memory_bytes(C, cfg.params.cirkd_pixel_memory, cfg.params.cirkd_region_memory, teacher.feature_channels["head"])
     assert d.describe()["memory_bytes"] == expect
     assert d.memory.nbytes == expect
     big = _cfg("cirkd", cirkd_pixel_memory=200000, cirkd_max_memory_mb=64.0)
@@ -388,7 +388,7 @@ def test_gradients_reach_only_the_intended_modules(method, teacher):
         d_before = [p.detach().clone() for p in adversary.parameters()]
         out = d.after_step(0.5)
         assert set(out) == {"adv_d"} and all(torch.isfinite(v) for v in out.values())  # hinge: no penalty
-        assert adversary.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * d.cfg.adv_lr)
+        assert adversary.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * d.params.adv_lr)
         assert all(torch.equal(a, b) for a, b in zip(s_before, student.parameters()))
         assert any(not torch.equal(a, b) for a, b in zip(d_before, adversary.parameters()))
         assert not set(map(id, adversary.parameters())) & set(map(id, own))
@@ -455,17 +455,19 @@ def test_feature_taps_are_checked_at_construction():
 ])
 def test_config_errors_name_field_and_range(field, value, match):
     with pytest.raises(ConfigError, match=match):
-        _cfg("skd", **{field: value})
+        _cfg(param_owners(field)[0], **{field: value})  # a method that has the parameter
 
 
 def test_every_weight_is_a_sweepable_flat_key():
-    flat = TrainConfig().to_flat()
+    keys = flat_keys()
     for key in ("kd_weight", "skd_pair_weight", "adv_g_weight", "adv_d_weight", "ifvd_weight", "cirkd_pair_weight",
                 "cirkd_pixel_weight", "cirkd_region_weight", "mgd_weight", "mgd_mask_ratio", "dist_inter_weight",
                 "dist_intra_weight"):
-        assert f"distill.{key}" in flat
-    cfg = TrainConfig().replace(**{"distill.skd_pair_weight": 3, "distill.cirkd_pixel_memory": 64.0})
-    assert cfg.distill.skd_pair_weight == 3.0 and cfg.distill.cirkd_pixel_memory == 64
+        assert f"distill.{key}" in keys
+    teacher = {"distill.teacher_arch": TEACHER, "distill.teacher_checkpoint": "unused"}
+    skd = TrainConfig().replace(**teacher, **{"distill.method": "skd", "distill.skd_pair_weight": 3})
+    cirkd = TrainConfig().replace(**teacher, **{"distill.method": "cirkd", "distill.cirkd_pixel_memory": 64.0})
+    assert skd.distill.params.skd_pair_weight == 3.0 and cirkd.distill.params.cirkd_pixel_memory == 64
 
 
 # ------------------------------------------------------------------------ through the trainer
@@ -475,9 +477,10 @@ def _tiny(out: Path, **over) -> TrainConfig:
         "data.val_images": 2, "optim.batch_size": 2, "optim.iterations": 3, "run.eval_every": 1,
         "run.log_every": 1, "run.out_dir": str(out), "run.progress": False, "run.device": "cpu",
         "run.threads": 1, "model.arch": "deeplabv3_tiny_mbv2", "distill.teacher_arch": TRAINER_TEACHER,
-        "distill.cirkd_pixel_memory": 64, "distill.cirkd_region_memory": 8, "distill.cirkd_pixel_contrast": 16,
-        "distill.cirkd_region_contrast": 4,
     }
+    if over.get("distill.method") == "cirkd":  # small queues (parameters of cirkd only)
+        base.update({"distill.cirkd_pixel_memory": 64, "distill.cirkd_region_memory": 8,
+                     "distill.cirkd_pixel_contrast": 16, "distill.cirkd_region_contrast": 4})
     base.update(over)
     return TrainConfig().replace(**base)
 

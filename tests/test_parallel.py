@@ -55,7 +55,7 @@ def _pair(cirkd, fs, ft):
     """CIRKD's 'pair' term exactly as CIRKDDistiller.terms forms it (coupling included)."""
     from segdistill.losses import minibatch_pair_loss
 
-    c = cirkd.cfg
+    c = cirkd.params
     return c.cirkd_pair_weight * minibatch_pair_loss(*cirkd.coupled(fs, ft), tau=c.cirkd_pair_tau, pool=c.cirkd_pair_pool)
 
 

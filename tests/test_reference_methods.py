@@ -90,7 +90,7 @@ def make_distiller(cfg: DistillConfig, s_width: int = 0, t_width: int = 0):
     cls = METHODS[cfg.method]
     kw: dict[str, Any] = {"ignore_index": 255, "num_classes": NUM_CLASSES}
     if cls.feature_tap:
-        tap = cfg.feature or cls.feature_tap
+        tap = cfg.params.feature or cls.feature_tap
         kw.update(student_channels={tap: s_width}, teacher_channels={tap: t_width})
     return cls(cfg, **kw)
 
@@ -175,7 +175,7 @@ def _mgd_case(mask_name: str) -> dict[str, np.ndarray]:
     # segdistill keeps where rand <= 1 - mask_ratio: rand 0 keeps, rand 1 masks
     out = _run(default_config("mgd"), feats="128", prepare=prepare, context=lambda: pinned_rand(1.0 - keep))
     g, t = captured["g"].detach().double(), _const("t_feat256").double()
-    w = out["_distiller"].cfg.mgd_weight * out["_distiller"].cfg.effective_alpha
+    w = out["_distiller"].params.mgd_weight * out["_distiller"].cfg.effective_alpha
     out["student_part"] = (w * ((g * g).sum() - 2 * (g * t).sum()) / g.shape[0]).numpy()
     return out
 
@@ -287,8 +287,9 @@ def test_every_method_is_covered():
 def test_reference_shapes_of_the_defaults():
     """The defaults behind the parity: no pooling in CIRKD's pairs, 2x2 in SKD's, hinge critic, MGD on
     the head feature, CIRKD's per-class sample sizes 4096 // C + 1 and 1024 // C + 1, every anchor."""
-    c = DistillConfig()
-    assert (c.cirkd_pair_pool, c.skd_pair_pool, c.adv_loss, c.cirkd_anchors, c.alpha) == (1, 2, "hinge", 0, None)
+    cirkd, skd = default_config("cirkd"), default_config("skd")
+    assert (cirkd.params.cirkd_pair_pool, skd.params.skd_pair_pool, skd.params.adv_loss, cirkd.params.cirkd_anchors,
+            DistillConfig().alpha) == (1, 2, "hinge", 0, None)
     assert METHODS["mgd"].feature_tap == "head"
     d = make_distiller(default_config("cirkd"), 128, 256)
     assert (d.pixel_contrast, d.region_contrast) == (4096 // NUM_CLASSES + 1, 1024 // NUM_CLASSES + 1)
@@ -322,7 +323,7 @@ def test_presets_hwd_is_the_reference_recipe(preset, dataset, entry):
     assert PRESET_NAMES == PRESETS
     p = get_preset(preset, data_root="/data", dataset=dataset)
     assert p.base.optim.sync_bn and p.base.distill.alpha is None
-    cfg = dataclasses.replace(p.base.distill, method="hwd", teacher_arch=TEACHER, teacher_checkpoint="t.pt")
+    cfg = DistillConfig(method="hwd", teacher_arch=TEACHER, teacher_checkpoint="t.pt", params=p.params("hwd"))
     ours = _run(cfg)
     for key in ("loss", "grad_logits"):
         assert rel_err(ours[key], golden()[f"{entry}.{key}"]) <= TOL, key

@@ -17,7 +17,8 @@ from segdistill.results import (Embeddings, EmptyResultsWarning, SchemaVersionEr
                                 embedding_matrix, git_sha, read_curves, read_joined, read_per_class, read_table,
                                 read_trials, record_from_fit, write_trial)
 
-CFG = TrainConfig().replace(**{"distill.beta": 0.3, "model.arch": "deeplabv3_tiny_r18"})
+CFG = TrainConfig().replace(**{"distill.method": "hwd", "distill.teacher_arch": "deeplabv3_tiny_r101",
+                               "distill.teacher_checkpoint": "t.pt", "distill.beta": 0.3, "model.arch": "deeplabv3_tiny_r18"})
 
 
 def make_record(study: str = "s1", trial_id: str = "t1", *, extras: bool = True, miou: float = 0.5) -> TrialRecord:

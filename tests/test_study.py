@@ -87,7 +87,8 @@ def test_trial_threads_follow_the_trials_cpus(monkeypatch):
 
 
 def test_teacher_recipe_ignores_student_distill_settings_and_seed():
-    base = tiny_base()
+    base = tiny_base().replace(**{"distill.method": "hwd", "distill.teacher_arch": TINY_TEACHER.arch,
+                                  "distill.teacher_checkpoint": PENDING_TEACHER})
     a = TINY_TEACHER.config_for(base.replace(**{"distill.beta": 0.3, "run.seed": 4}))
     b = TINY_TEACHER.config_for(base.replace(**{"distill.mu": 1.0, "run.out_dir": "/elsewhere"}))
     assert recipe_hash(a) == recipe_hash(b)

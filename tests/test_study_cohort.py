@@ -19,7 +19,8 @@ from segdistill.study.plan import plan_cohorts  # noqa: E402
 
 
 def test_plan_cohorts_groups_compatible_configs_and_keeps_slots_busy(tmp_path):
-    base = TrainConfig().replace(**{"run.out_dir": str(tmp_path)})
+    base = TrainConfig().replace(**{"run.out_dir": str(tmp_path), "distill.method": "hwd",
+                                    "distill.teacher_arch": "deeplabv3_tiny_r18", "distill.teacher_checkpoint": "t.pt"})
     configs = [(v, s, base.replace(**{"run.seed": s, "distill.beta": 0.1 + 0.1 * v})) for v in range(5) for s in (0, 1)]
     plan = plan_cohorts(configs, slots=1, max_size=8)
     assert sorted(len(c) for c in plan) == [5, 5]  # one cohort per seed

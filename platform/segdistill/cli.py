@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, flat_keys, param_owners
 
 PRESET_NAMES = ("smoke", "demo", "paper", "released")  # = segdistill.study.presets.PRESETS (not imported: no Ray here)
 TINY_TEACHER = "deeplabv3_tiny_r101"
@@ -58,24 +58,27 @@ def _summary_line(name: str, result: Any) -> str:
             f"{result.wall_time_s:7.1f} s  {result.images_per_s:7.1f} img/s")
 
 
-def _base_config(args: argparse.Namespace) -> TrainConfig:
-    """The defaults, a ``--config`` JSON file or a study ``--preset``'s base config."""
+def _configure(args: argparse.Namespace, flat: dict[str, Any]) -> TrainConfig:
+    """``flat`` over the defaults, a ``--config`` JSON file or a study ``--preset``'s base config (and
+    then over the preset's parameters of the method ``flat`` names, e.g. the paper's mu for HWD)."""
     if args.config and args.preset:
         raise ConfigError("give --config or --preset, not both")
     if args.preset:  # the study presets' base config (segdistill.study.presets), without Ray
         from .study.presets import get_preset
 
         try:
-            return get_preset(args.preset, data_root=args.data_root, dataset=args.dataset).base
+            preset = get_preset(args.preset, data_root=args.data_root, dataset=args.dataset)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    return TrainConfig.from_json(Path(args.config).read_text()) if args.config else TrainConfig()
+        return preset.base.replace(**preset.variants([flat])[0])
+    base = TrainConfig.from_json(Path(args.config).read_text()) if args.config else TrainConfig()
+    return base.replace(**flat)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import fit
 
-    cfg = _base_config(args).replace(**parse_overrides(args.set))
+    cfg = _configure(args, parse_overrides(args.set))
     result = fit(cfg, resume=not args.fresh)
     print(_summary_line(cfg.distill.method, result))
     print(f"checkpoint: {result.checkpoint_dir}\nmodel: {result.model_path}")
@@ -87,8 +90,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .train import MODEL_FILE, fit
 
     out = Path(args.out)
+    sets = parse_overrides(args.set)
+    # a method's parameter (--set distill.beta=0.3) goes to the students of the methods that have it
+    params = {k: v for k, v in sets.items() if k.startswith("distill.") and param_owners(k.partition(".")[2])}
+    unused = [k for k in params if not set(param_owners(k.partition(".")[2])) & set(args.methods)]
+    if unused:
+        raise ConfigError(f"{unused}: parameters of none of the methods {args.methods}")
     common = {"optim.iterations": args.iterations, "run.eval_every": max(1, args.iterations // 4),
-              "run.seed": args.seed, "data.num_classes": args.classes, **parse_overrides(args.set)}
+              "run.seed": args.seed, "data.num_classes": args.classes,
+              **{k: v for k, v in sets.items() if k not in params}}
     base = TrainConfig().replace(**common)
     teacher_cfg = base.replace(**{"model.arch": args.teacher, "optim.iterations": args.teacher_iterations,
                                   "run.eval_every": max(1, args.teacher_iterations // 4),
@@ -104,7 +114,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         over = {"model.arch": args.student, "distill.method": method, "run.out_dir": str(out / f"student_{method}")}
         if method != "none":
             over.update({"distill.teacher_arch": args.teacher, "distill.teacher_checkpoint": str(teacher_file)})
-        cfg = base.replace(**over)
+        own = {k: v for k, v in params.items() if method in param_owners(k.partition(".")[2])}
+        cfg = base.replace(**over, **own)
         result = fit(cfg, resume=not args.fresh)
         rows.append((f"student {method}", result))
         print(_summary_line(f"student {method}", result))
@@ -137,7 +148,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"{name:<22} {params / 1e6:8.2f}M {params_no_aux / 1e6:8.2f}M {gflops:8.1f} {paper:12.1f}")
         return 0
     info = {"models": sorted(MODELS), "datasets": sorted(DATASETS), "methods": ["none", *sorted(METHODS)],
-            "config_keys": sorted(TrainConfig().to_flat())}
+            "config_keys": list(flat_keys())}
     print(json.dumps(info, indent=1))
     return 0
 
@@ -158,7 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "distill.teacher_arch": "", "distill.teacher_checkpoint": "", "run.embedding_pixels": 0,
             "run.sample_images": 0, "run.progress": False, "run.out_dir": args.out_dir,
             **parse_overrides(args.set)}
-    cfg = _base_config(args).replace(**flat)
+    cfg = _configure(args, flat)
     model, file = load_model(file, arch=arch, aux=False)
     check_preprocessing(file.preprocessing, cfg.data, field="model", value=args.model, why=describe_format(file))
     run = setup(cfg)

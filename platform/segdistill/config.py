@@ -5,20 +5,27 @@ from a frozen teacher). It is built from nested frozen dataclasses, each validat
 and converts losslessly to and from a *flat* dict whose keys are ``"section.field"`` (for example
 ``"distill.beta"``). The flat dict is what Ray Tune sweeps over and what becomes Parquet columns.
 Unknown keys are errors, never silently ignored.
+
+The ``distill`` section holds what every run shares (``method``, ``alpha``, the teacher) and
+``params``: the parameter dataclass of the method (``HWDParams``, ``CWDParams``, ...), owned and
+validated by the method's file in :mod:`segdistill.losses` and named by its registry
+(:mod:`segdistill.losses.registry`). Its fields keep the flat keys ``distill.<field>``; a config
+carries only its own method's (see :meth:`TrainConfig.replace`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-PIXEL_CORRECTIONS = ("n", "none")
-ADV_LOSSES = ("hinge", "wgan-gp")
-BATCH_COUPLINGS = ("worker", "global")
-WEIGHTINGS = ("smooth", "softmax")
+from .errors import ConfigError, check, check_finite
+from .losses.params import MethodParams
+from .losses.registry import METHODS, NO_METHOD, params_class, reference_alpha
+
 CE_IMPLS = ("literal", "blocked")
 CHANNEL_ORDERS = ("rgb", "bgr")
 
@@ -42,9 +49,7 @@ REFERENCE_UPSAMPLING: dict[str, Any] = {
 
 def known_methods() -> tuple[str, ...]:
     """'none' plus every method in ``segdistill.losses.METHODS`` (the registry is the truth)."""
-    from .losses.distillers import METHODS  # lazy: keeps config importable on its own
-
-    return ("none", *sorted(METHODS))
+    return (NO_METHOD, *sorted(METHODS))
 
 
 def known_models() -> tuple[str, ...]:
@@ -59,19 +64,6 @@ def known_datasets() -> tuple[str, ...]:
     from .data import DATASETS
 
     return tuple(sorted(DATASETS))
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the allowed values."""
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
-
-def _finite(name: str, value: float) -> None:
-    _check(isinstance(value, (int, float)) and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -113,22 +105,22 @@ class DataConfig:
     std_b: float = 0.225
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "data.name must be a dataset name")
-        _check(self.channel_order in CHANNEL_ORDERS,
+        check(bool(self.name), "data.name must be a dataset name")
+        check(self.channel_order in CHANNEL_ORDERS,
                f"data.channel_order must be one of {CHANNEL_ORDERS}, got {self.channel_order!r}")
         for name in ("pixel_scale", "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b"):
-            _finite(f"data.{name}", getattr(self, name))
+            check_finite(f"data.{name}", getattr(self, name))
         for name in ("pixel_scale", "std_r", "std_g", "std_b"):
-            _check(getattr(self, name) > 0, f"data.{name} must be > 0, got {getattr(self, name)}")
+            check(getattr(self, name) > 0, f"data.{name} must be > 0, got {getattr(self, name)}")
         known = known_datasets()
-        _check(self.name in known, f"data.name: unknown dataset {self.name!r}; known datasets: {list(known)}")
-        _check(2 <= self.num_classes <= 255, f"data.num_classes must be in [2, 255], got {self.num_classes}")
-        _check(self.image_size >= 16, f"data.image_size must be >= 16, got {self.image_size}")
-        _check(self.crop_size >= 16, f"data.crop_size must be >= 16, got {self.crop_size}")
-        _check(self.train_images >= 1 and self.val_images >= 1, "data.train_images and data.val_images must be >= 1")
-        _check(0 < self.scale_min <= self.scale_max, f"need 0 < data.scale_min <= data.scale_max, got {self.scale_min}, {self.scale_max}")
-        _check(self.max_train_images >= 0 and self.max_val_images >= 0, "data.max_*_images must be >= 0 (0 = all)")
-        _check(self.num_workers >= 0, "data.num_workers must be >= 0")
+        check(self.name in known, f"data.name: unknown dataset {self.name!r}; known datasets: {list(known)}")
+        check(2 <= self.num_classes <= 255, f"data.num_classes must be in [2, 255], got {self.num_classes}")
+        check(self.image_size >= 16, f"data.image_size must be >= 16, got {self.image_size}")
+        check(self.crop_size >= 16, f"data.crop_size must be >= 16, got {self.crop_size}")
+        check(self.train_images >= 1 and self.val_images >= 1, "data.train_images and data.val_images must be >= 1")
+        check(0 < self.scale_min <= self.scale_max, f"need 0 < data.scale_min <= data.scale_max, got {self.scale_min}, {self.scale_max}")
+        check(self.max_train_images >= 0 and self.max_val_images >= 0, "data.max_*_images must be >= 0 (0 = all)")
+        check(self.num_workers >= 0, "data.num_workers must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -155,98 +147,64 @@ class ModelConfig:
     eval_align_corners: bool = False
 
     def __post_init__(self) -> None:
-        _check(bool(self.arch), "model.arch must be a registered model name")
+        check(bool(self.arch), "model.arch must be a registered model name")
         known = known_models()
-        _check(self.arch in known, f"model.arch: unknown model {self.arch!r}; known models: {list(known)}")
-        _check(self.output_stride in (4, 8, 16), f"model.output_stride must be 4, 8 or 16, got {self.output_stride}")
+        check(self.arch in known, f"model.arch: unknown model {self.arch!r}; known models: {list(known)}")
+        check(self.output_stride in (4, 8, 16), f"model.output_stride must be 4, 8 or 16, got {self.output_stride}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class DistillConfig:
-    """The distillation method and its hyperparameters (paper Sec. III, supplement Table I).
+    """The distillation method, its weight, its teacher and its parameters (paper Sec. III,
+    supplement Table I).
 
     ``method``: 'none' (CE only: a baseline student or a teacher) or a ``METHODS`` name: 'kd',
     'cwd', 'hwd' and the comparison methods 'skd', 'ifvd', 'cirkd', 'mgd', 'dist'.
     ``alpha`` weights the method loss in ``CE + alpha * L_distill`` (paper Eq. 8). ``None`` (the
     default) means the method's reference weight, 3 for CWD/HWD and 1 for the others
     (``segdistill.losses.reference_alpha``); :attr:`effective_alpha` is the one place that resolves it.
-    HWD: ``tau`` (activation temperature), ``mu``/``sigma`` (Eq. 6), ``beta`` (Eq. 7),
-    ``pixel_correction`` 'n' = paper's CD/(N_c+1), 'none' = released code's recipe,
-    ``weighting`` 'smooth' = Eq. 7, 'softmax' = Fig. 6's alternative with temperature ``tau_prime``.
     ``teacher_checkpoint`` is required when method != 'none'; its architecture is ``teacher_arch``.
-    ``batch_coupling``: the images the batch-coupled terms (CIRKD's mini-batch pairs, DIST's
-    intra-class relation) relate under data parallelism: 'worker' (each worker's own images, as the
-    reference's 4 GPUs x 2 images) or 'global' (every worker's, gathered differentiably). With one
-    worker both are the whole batch.
-    Every default and the reference's value: docs/METHODS.md.
+    ``params``: the method's parameter dataclass (``segdistill.losses.params_class(method)``, e.g.
+    ``HWDParams``; the empty ``MethodParams`` for 'none'), validated by itself. Every default and
+    the reference's value: docs/METHODS.md.
+
+    Built as ``DistillConfig(method="hwd", teacher_arch=..., teacher_checkpoint=..., beta=0.3)``:
+    keywords other than the four shared fields are the method's parameters, applied over ``params=``
+    (default: the method's defaults); so ``dataclasses.replace(cfg, beta=0.3)`` works too.
     """
 
-    method: str = "none"
+    method: str = NO_METHOD
     alpha: float | None = None  # None = the method's reference weight (effective_alpha)
-    tau: float = 4.0
-    mu: float = 0.0
-    sigma: float = 1.0
-    beta: float = 0.1
-    pixel_correction: str = "n"
-    weighting: str = "smooth"
-    tau_prime: float = 1.0
-    kd_temperature: float = 1.0
     teacher_arch: str = ""
     teacher_checkpoint: str = ""
-    # Comparison methods (losses/distillers.py; defaults = the reference recipe, docs/METHODS.md). Their
-    # reference ``alpha`` is 1 (``segdistill.losses.reference_alpha``): the terms carry their weights.
-    feature: str = ""  # feature tap of skd/ifvd/cirkd/mgd; '' = the method's reference tap ('head')
-    kd_weight: float = 1.0  # pixel-KD term inside skd, ifvd, cirkd
-    skd_pair_pool: int = 2  # max-pool window before SKD's pair-wise similarities (reference 2x2)
-    cirkd_pair_pool: int = 1  # max-pool window before CIRKD's mini-batch pairs (reference: none = 1)
-    batch_coupling: str = "worker"  # cirkd pairs / dist intra over each worker's images ('worker', reference) or 'global'
-    skd_pair_weight: float = 10.0
-    adv_loss: str = "hinge"  # skd/ifvd critic: 'hinge' (reference) or 'wgan-gp' (+ gradient penalty)
-    adv_g_weight: float = 1e-3  # skd/ifvd: student's adversarial term
-    adv_d_weight: float = 0.1  # skd/ifvd: critic loss weight
-    adv_gp_weight: float = 10.0  # skd/ifvd: WGAN-GP gradient penalty (adv_loss='wgan-gp' only)
-    adv_lr: float = 4e-4  # skd/ifvd: critic's Adam learning rate (poly-decayed with the student's)
-    ifvd_weight: float = 20.0
-    cirkd_pair_weight: float = 1.0
-    cirkd_pixel_weight: float = 0.1
-    cirkd_region_weight: float = 0.1
-    cirkd_pair_tau: float = 0.1
-    cirkd_contrast_tau: float = 0.1
-    cirkd_contrast_kd_tau: float = 1.0
-    cirkd_pixel_memory: int = 2000  # entries per class (reference 20000)
-    cirkd_region_memory: int = 200  # entries per class (reference 2000)
-    cirkd_pixel_contrast: int = 0  # sampled per class per step (at most the memory); 0 = 4096 // C + 1 (reference)
-    cirkd_region_contrast: int = 0  # sampled per class per step (at most the memory); 0 = 1024 // C + 1 (reference)
-    cirkd_anchors: int = 0  # anchor pixels per step, 0 = every valid pixel (reference)
-    cirkd_max_memory_mb: float = 1024.0  # refuse queues larger than this
-    mgd_weight: float = 2e-5
-    mgd_mask_ratio: float = 0.75
-    dist_inter_weight: float = 1.0
-    dist_intra_weight: float = 1.0
+    params: MethodParams = field(default_factory=MethodParams)
 
-    def __post_init__(self) -> None:
-        self._check_comparison_methods()
-        known = known_methods()
-        _check(self.method in known, f"distill.method must be one of {known}, got {self.method!r}")
+    def __init__(self, method: str = NO_METHOD, alpha: float | None = None, teacher_arch: str = "",
+                 teacher_checkpoint: str = "", params: MethodParams | None = None, **param_values: Any) -> None:
+        _check_method(method)
+        kind = params_class(method)
+        params = kind() if params is None else params
+        check(type(params) is kind, f"distill.params of method {method!r} must be a {kind.__name__}, "
+                                    f"got {type(params).__name__}")
+        for name in param_values:
+            check(name in param_fields(method), _foreign_message(name, method))
+        params = dataclasses.replace(params, **param_values) if param_values else params
+        for name, value in (("method", method), ("alpha", alpha), ("teacher_arch", teacher_arch),
+                            ("teacher_checkpoint", teacher_checkpoint), ("params", params)):
+            object.__setattr__(self, name, value)
+        self._check_shared()
+
+    def _check_shared(self) -> None:
+        """Ranges of the fields every method shares (the method's own parameters check themselves)."""
         if self.alpha is not None:
-            _finite("distill.alpha", self.alpha)
-            _check(self.alpha >= 0, f"distill.alpha must be >= 0 (or None: the method's reference weight), got {self.alpha}")
-        for name in ("tau", "mu", "sigma", "beta", "tau_prime", "kd_temperature"):
-            _finite(f"distill.{name}", getattr(self, name))
-        _check(self.tau > 0, f"distill.tau must be > 0, got {self.tau}")
-        _check(self.sigma > 0, f"distill.sigma must be > 0, got {self.sigma}")
-        _check(0 < self.beta < 1, f"distill.beta must be in (0, 1), got {self.beta}")
-        _check(self.tau_prime > 0, f"distill.tau_prime must be > 0, got {self.tau_prime}")
-        _check(self.kd_temperature > 0, f"distill.kd_temperature must be > 0, got {self.kd_temperature}")
-        _check(self.pixel_correction in PIXEL_CORRECTIONS,
-               f"distill.pixel_correction must be one of {PIXEL_CORRECTIONS}, got {self.pixel_correction!r}")
-        _check(self.weighting in WEIGHTINGS, f"distill.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.method != "none":
-            _check(bool(self.teacher_arch), f"distill.method={self.method!r} needs distill.teacher_arch")
-            _check(bool(self.teacher_checkpoint), f"distill.method={self.method!r} needs distill.teacher_checkpoint")
+            check_finite("distill.alpha", self.alpha)
+            check(self.alpha >= 0, f"distill.alpha must be >= 0 (or None: the method's reference weight), got {self.alpha}")
+        if self.method != NO_METHOD:
+            check(bool(self.teacher_arch), f"distill.method={self.method!r} needs distill.teacher_arch")
+            check(bool(self.teacher_checkpoint), f"distill.method={self.method!r} needs distill.teacher_checkpoint")
         if self.teacher_arch:
             models = known_models()
-            _check(self.teacher_arch in models,
+            check(self.teacher_arch in models,
                    f"distill.teacher_arch: unknown model {self.teacher_arch!r}; known models: {list(models)}")
 
     @property
@@ -256,40 +214,82 @@ class DistillConfig:
         default is resolved (trainer, CLI, presets and Python API all read it from here)."""
         if self.alpha is not None:
             return float(self.alpha)
-        if self.method == "none":
+        if self.method == NO_METHOD:
             return 0.0
-        from .losses.distillers import reference_alpha  # lazy: keeps config importable on its own
-
         return reference_alpha(self.method)
 
-    def _check_comparison_methods(self) -> None:
-        """Ranges of the comparison methods' fields (skd, ifvd, cirkd, mgd, dist)."""
-        from .models.segmentor import FEATURE_NAMES  # lazy: keeps config importable on its own
+    def to_flat(self) -> dict[str, Any]:
+        """The shared fields and this method's parameters, as ``{"method": ..., "beta": ...}``."""
+        out = {name: getattr(self, name) for name in DISTILL_SHARED_FIELDS}
+        out.update({f.name: getattr(self.params, f.name) for f in fields(self.params)})
+        return out
 
-        _check(self.feature == "" or self.feature in FEATURE_NAMES,
-               f"distill.feature must be '' (the method's reference tap) or one of {FEATURE_NAMES}, got {self.feature!r}")
-        for name in ("kd_weight", "skd_pair_weight", "adv_g_weight", "adv_d_weight", "adv_gp_weight", "ifvd_weight",
-                     "cirkd_pair_weight", "cirkd_pixel_weight", "cirkd_region_weight", "mgd_weight",
-                     "dist_inter_weight", "dist_intra_weight"):
-            value = getattr(self, name)
-            _finite(f"distill.{name}", value)
-            _check(value >= 0, f"distill.{name} must be >= 0, got {value}")
-        for name in ("adv_lr", "cirkd_pair_tau", "cirkd_contrast_tau", "cirkd_contrast_kd_tau", "cirkd_max_memory_mb"):
-            value = getattr(self, name)
-            _finite(f"distill.{name}", value)
-            _check(value > 0, f"distill.{name} must be > 0, got {value}")
-        for name in ("skd_pair_pool", "cirkd_pair_pool"):
-            _check(1 <= getattr(self, name) <= 64, f"distill.{name} must be in [1, 64], got {getattr(self, name)}")
-        _check(self.adv_loss in ADV_LOSSES, f"distill.adv_loss must be one of {ADV_LOSSES}, got {self.adv_loss!r}")
-        _check(self.batch_coupling in BATCH_COUPLINGS,
-               f"distill.batch_coupling must be one of {BATCH_COUPLINGS}, got {self.batch_coupling!r}")
-        for name in ("cirkd_pixel_memory", "cirkd_region_memory"):
-            _check(getattr(self, name) >= 1, f"distill.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("cirkd_pixel_contrast", "cirkd_region_contrast"):
-            _check(getattr(self, name) >= 0, f"distill.{name} must be >= 0 (0 = the reference's size), got {getattr(self, name)}")
-        _check(self.cirkd_anchors >= 0, f"distill.cirkd_anchors must be >= 0 (0 = all valid pixels), got {self.cirkd_anchors}")
-        _finite("distill.mgd_mask_ratio", self.mgd_mask_ratio)
-        _check(0 <= self.mgd_mask_ratio < 1, f"distill.mgd_mask_ratio must be in [0, 1), got {self.mgd_mask_ratio}")
+    def updated(self, values: Mapping[str, Any]) -> "DistillConfig":
+        """A copy with ``values`` (field name -> raw value, from flat ``distill.*`` keys) applied.
+
+        ``method`` is applied first; when it changes, the parameters start from the new method's
+        defaults. A parameter of another method is ignored when its value is missing (None or NaN:
+        a Parquet cell of a row of another method) and an error otherwise."""
+        values = dict(values)
+        method = _coerce("distill.method", values.pop("method"), self.method) if "method" in values else self.method
+        _check_method(method)
+        params = self.params if method == self.method else params_class(method)()
+        own = param_fields(method)
+        shared: dict[str, Any] = {}
+        changes: dict[str, Any] = {}
+        for name, value in values.items():
+            key = f"distill.{name}"
+            if name in DISTILL_SHARED_FIELDS:
+                shared[name] = _coerce(key, value, getattr(self, name))
+            elif name in own:
+                changes[name] = _coerce(key, value, getattr(params, name))
+            elif not _is_missing(value):
+                raise ConfigError(_foreign_message(name, method))
+        return DistillConfig(method=method, params=dataclasses.replace(params, **changes),
+                             **{n: shared.get(n, getattr(self, n)) for n in ("alpha", "teacher_arch", "teacher_checkpoint")})
+
+
+DISTILL_SHARED_FIELDS: tuple[str, ...] = ("method", "alpha", "teacher_arch", "teacher_checkpoint")
+
+
+def _check_method(method: str) -> None:
+    known = known_methods()
+    check(method in known, f"distill.method must be one of {known}, got {method!r}")
+
+
+def param_fields(method: str) -> frozenset[str]:
+    """The parameter names of ``method`` (its dataclass's fields; none for 'none')."""
+    return frozenset(f.name for f in fields(params_class(method)))
+
+
+def param_owners(name: str) -> tuple[str, ...]:
+    """The methods that have a parameter called ``name``, sorted."""
+    return tuple(m for m in sorted(METHODS) if name in param_fields(m))
+
+
+def own_method_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``flat`` without the parameters of methods other than its ``distill.method``: a flat dict
+    written when every config carried every method's parameters (checkpoints of earlier versions)
+    read as one of today's."""
+    method = flat.get("distill.method", NO_METHOD)
+    own = param_fields(method) if method in known_methods() else frozenset()
+    return {k: v for k, v in flat.items()
+            if not (k.startswith("distill.") and param_owners(k.partition(".")[2]) and k.partition(".")[2] not in own)}
+
+
+def _foreign_message(name: str, method: str) -> str:
+    owners = param_owners(name)
+    if not owners:
+        return f"unknown config key 'distill.{name}'{_nearest_key(f'distill.{name}')}"
+    return (f"distill.{name} is a parameter of {', '.join(owners)}, not of {method}; set distill.method to "
+            f"the method it is for (in the same replace) or drop the key")
+
+
+def _is_missing(value: Any) -> bool:
+    """None or NaN: an unset value (a Parquet cell of a row that does not have this column's field)."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 @dataclass(frozen=True)
@@ -313,14 +313,14 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         for name in ("lr", "momentum", "weight_decay", "power", "aux_weight"):
-            _finite(f"optim.{name}", getattr(self, name))
-        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
-        _check(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
-        _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
-        _check(self.power >= 0, "optim.power must be >= 0")
-        _check(self.iterations >= 1, f"optim.iterations must be >= 1, got {self.iterations}")
-        _check(self.batch_size >= 2, f"optim.batch_size must be >= 2 (BatchNorm in the pooling branches), got {self.batch_size}")
-        _check(self.aux_weight >= 0, "optim.aux_weight must be >= 0")
+            check_finite(f"optim.{name}", getattr(self, name))
+        check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        check(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
+        check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
+        check(self.power >= 0, "optim.power must be >= 0")
+        check(self.iterations >= 1, f"optim.iterations must be >= 1, got {self.iterations}")
+        check(self.batch_size >= 2, f"optim.batch_size must be >= 2 (BatchNorm in the pooling branches), got {self.batch_size}")
+        check(self.aux_weight >= 0, "optim.aux_weight must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -360,14 +360,14 @@ class RunConfig:
     deterministic: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.ce_impl in CE_IMPLS, f"run.ce_impl must be one of {CE_IMPLS}, got {self.ce_impl!r}")
-        _check(self.embedding_pixels >= 0 and self.sample_images >= 0, "run.embedding_pixels/sample_images must be >= 0")
-        _check(bool(self.out_dir), "run.out_dir must be a directory path")
-        _check(self.eval_every >= 0 and self.checkpoint_every >= 0, "run.eval_every/checkpoint_every must be >= 0")
-        _check(self.log_every >= 1, "run.log_every must be >= 1")
-        _check(self.threads >= 0, "run.threads must be >= 0 (0 = torch default)")
+        check(self.ce_impl in CE_IMPLS, f"run.ce_impl must be one of {CE_IMPLS}, got {self.ce_impl!r}")
+        check(self.embedding_pixels >= 0 and self.sample_images >= 0, "run.embedding_pixels/sample_images must be >= 0")
+        check(bool(self.out_dir), "run.out_dir must be a directory path")
+        check(self.eval_every >= 0 and self.checkpoint_every >= 0, "run.eval_every/checkpoint_every must be >= 0")
+        check(self.log_every >= 1, "run.log_every must be >= 1")
+        check(self.threads >= 0, "run.threads must be >= 0 (0 = torch default)")
         dev = self.device
-        _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
+        check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
                f"run.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
 
 
@@ -384,17 +384,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            _check(isinstance(value, _SECTIONS[f.name]),
+            check(isinstance(value, _SECTIONS[f.name]),
                    f"TrainConfig.{f.name} must be a {_SECTIONS[f.name].__name__}, got {type(value).__name__}")
 
     # -- flat dict round trip -------------------------------------------------------------
     def to_flat(self) -> dict[str, Any]:
-        """``{"data.name": "synthetic", ..., "distill.beta": 0.1, ...}``: every field, scalars only."""
+        """``{"data.name": "synthetic", ..., "distill.beta": 0.1, ...}``: every field, scalars only;
+        of the ``distill`` parameters only the config's own method's (``flat_keys()`` lists all)."""
         out: dict[str, Any] = {}
         for section in fields(self):
             obj = getattr(self, section.name)
-            for f in fields(obj):
-                out[f"{section.name}.{f.name}"] = getattr(obj, f.name)
+            values = obj.to_flat() if isinstance(obj, DistillConfig) else {f.name: getattr(obj, f.name) for f in fields(obj)}
+            out.update({f"{section.name}.{name}": value for name, value in values.items()})
         return out
 
     @classmethod
@@ -406,20 +407,28 @@ class TrainConfig:
         return (base or cls()).replace(**flat)
 
     def replace(self, **flat: Any) -> "TrainConfig":
-        """``cfg.replace(**{"distill.beta": 0.3})``: a new config with flat keys overridden."""
+        """``cfg.replace(**{"distill.beta": 0.3})``: a new config with flat keys overridden.
+
+        ``distill.*`` keys follow :meth:`DistillConfig.updated`: ``distill.method`` first (a new
+        method starts from its parameters' defaults), then the shared fields and the method's own
+        parameters; another method's parameter is skipped when None/NaN and an error otherwise."""
         updates: dict[str, dict[str, Any]] = {}
         for key, value in flat.items():
             section, _, name = key.partition(".")
             if section not in _SECTIONS or not name:
                 raise ConfigError(f"unknown config key {key!r}{_nearest_key(key)}; keys look like 'section.field' with "
                                   f"section in {sorted(_SECTIONS)}")
-            known = {f.name: f for f in fields(_SECTIONS[section])}
+            known = _section_fields(section)
             if key in RETIRED_KEYS:
                 raise ConfigError(f"config key {key!r} no longer exists: {RETIRED_KEYS[key]}")
             if name not in known:
                 raise ConfigError(f"unknown config key {key!r}{_nearest_key(key)}; {section} fields are {sorted(known)}")
-            updates.setdefault(section, {})[name] = _coerce(key, value, getattr(getattr(self, section), name))
-        sections = {s: dataclasses.replace(getattr(self, s), **u) for s, u in updates.items()}
+            if section == "distill":
+                updates.setdefault(section, {})[name] = value  # coerced by DistillConfig.updated
+            else:
+                updates.setdefault(section, {})[name] = _coerce(key, value, getattr(getattr(self, section), name))
+        sections = {s: self.distill.updated(u) if s == "distill" else dataclasses.replace(getattr(self, s), **u)
+                    for s, u in updates.items()}
         return dataclasses.replace(self, **sections)
 
     def to_json(self) -> str:
@@ -437,6 +446,18 @@ _SECTIONS: dict[str, type] = {
     "optim": OptimConfig,
     "run": RunConfig,
 }
+
+
+def _section_fields(section: str) -> frozenset[str]:
+    """The field names of a section; for ``distill``, the shared fields and every method's parameters."""
+    if section == "distill":
+        return frozenset(DISTILL_SHARED_FIELDS).union(*(param_fields(m) for m in METHODS))
+    return frozenset(f.name for f in fields(_SECTIONS[section]))
+
+
+def flat_keys() -> tuple[str, ...]:
+    """Every flat key a config accepts (``distill.*``: every method's parameters), sorted."""
+    return tuple(sorted(f"{section}.{name}" for section in _SECTIONS for name in _section_fields(section)))
 
 
 # keys of earlier versions, with what replaced them (a clear error instead of 'unknown key')
@@ -476,8 +497,6 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
 
 def _nearest_key(key: str) -> str:
     """``"; did you mean 'distill.beta'?"`` for a mistyped flat key (difflib), else ''."""
-    import difflib
-
-    keys = [f"{sec}.{f.name}" for sec, cls in _SECTIONS.items() for f in fields(cls)]
+    keys = flat_keys()
     near = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     return f" (did you mean {near[0]!r}?)" if near else ""

@@ -18,6 +18,10 @@ from .data import preprocessing_of
 from .metrics import ConfusionMatrix, EvalAccumulators, TDNTDMeter, per_class_rows
 from .runstate import RunState, mix_seed
 
+# temperature of the TD/NTD activation maps for methods without a ``tau`` of their own (CWD and HWD
+# measure at theirs): the paper's 4
+DIVERGENCE_TAU = 4.0
+
 
 def upsample_logits(logits: Tensor, size: Sequence[int], *, align_corners: bool = False) -> Tensor:
     """Bilinear upsampling of logits (B, C, h, w) to ``size`` (H, W): the evaluation path."""
@@ -33,7 +37,8 @@ def evaluate(run: RunState) -> dict[str, Any]:
     teacher = run.teacher
     acc = EvalAccumulators(
         ConfusionMatrix(run.num_classes, run.ignore_index, run.device),
-        TDNTDMeter(run.num_classes, cfg.distill.tau, run.ignore_index, run.device) if teacher is not None else None,
+        TDNTDMeter(run.num_classes, getattr(cfg.distill.params, "tau", DIVERGENCE_TAU), run.ignore_index, run.device)
+        if teacher is not None else None,
     )
     indices = list(range(place.rank, len(run.val_ds), place.world))
     batch = cfg.optim.batch_size if run.inputs.info.val_batchable else 1

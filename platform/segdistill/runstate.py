@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .artifacts import atomic_save, load_pretrained_backbone, load_teacher, unwrap
-from .config import TrainConfig
+from .config import TrainConfig, own_method_keys
 from .data import build_datasets
 from .data.registry import DatasetInfo
 from .layout import CHECKPOINT_DIR, STATE_FILE
@@ -320,7 +320,7 @@ class RunState:
     def restore(self, path: Path) -> None:
         """Continue from a checkpoint written by :meth:`save` for the same data/model/distill/optim config."""
         state = torch.load(path, map_location="cpu", weights_only=False)
-        saved = TrainConfig.from_flat(state["config"])
+        saved = TrainConfig.from_flat(own_method_keys(state["config"]))
         for section in ("data", "model", "distill", "optim"):
             if getattr(saved, section) != getattr(self.cfg, section):
                 raise ValueError(f"checkpoint {path} was written by a run with a different '{section}' config; "

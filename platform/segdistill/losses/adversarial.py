@@ -25,13 +25,16 @@ normalisation on every strided conv, LeakyReLU(0.1), widths 64-128-256-512.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ..errors import check
 from ._checks import check_logit_pair
+from .params import MethodParams, require_nonnegative, require_positive
 
 
 def wgan_generator_loss(d_student: Tensor) -> Tensor:
@@ -50,6 +53,27 @@ def hinge_critic_loss(d_student: Tensor, d_teacher: Tensor) -> Tensor:
 
 
 ADV_LOSSES = ("hinge", "wgan-gp")
+
+
+@dataclass(frozen=True)
+class AdversarialParams(MethodParams):
+    """The critic's parameters, shared by SKD and IFVD: ``adv_loss`` 'hinge' (the reference scripts)
+    or 'wgan-gp' (+ gradient penalty ``adv_gp_weight``), the student's term ``adv_g_weight``, the
+    critic loss weight ``adv_d_weight`` and its Adam learning rate ``adv_lr`` (poly-decayed with the
+    student's). Defaults: the reference recipe (module docstring)."""
+
+    adv_loss: str = "hinge"
+    adv_g_weight: float = 1e-3
+    adv_d_weight: float = 0.1
+    adv_gp_weight: float = 10.0
+    adv_lr: float = 4e-4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.adv_loss in ADV_LOSSES, f"distill.adv_loss must be one of {ADV_LOSSES}, got {self.adv_loss!r}")
+        for name in ("adv_g_weight", "adv_d_weight", "adv_gp_weight"):
+            require_nonnegative(name, getattr(self, name))
+        require_positive("adv_lr", self.adv_lr)
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, mix: Tensor | None = None) -> Tensor:
@@ -162,5 +186,25 @@ class AdversarialCritic(nn.Module):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-__all__ = ["ADV_LOSSES", "AdversarialCritic", "Discriminator", "gradient_penalty", "hinge_critic_loss", "wgan_critic_loss",
-           "wgan_generator_loss"]
+class AdversarialMixin:
+    """Adds the SKD/IFVD critic (``self.adversary``) and its student term and step."""
+
+    adversary: AdversarialCritic
+    params: AdversarialParams
+
+    def _make_adversary(self, num_classes: int) -> None:
+        c = self.params
+        self.adversary = AdversarialCritic(num_classes, d_weight=c.adv_d_weight, gp_weight=c.adv_gp_weight, lr=c.adv_lr,
+                                           loss=c.adv_loss)
+
+    def _adversarial_term(self, s_logits: Tensor, t_logits: Tensor) -> Tensor:
+        return self.params.adv_g_weight * self.adversary.generator_loss(s_logits, t_logits)
+
+    def after_step(self, lr_scale: float = 1.0) -> dict[str, Tensor]:
+        return self.adversary.step(lr_scale)
+
+
+__all__ = [
+    "ADV_LOSSES", "AdversarialCritic", "AdversarialMixin", "AdversarialParams", "Discriminator",
+    "gradient_penalty", "hinge_critic_loss", "wgan_critic_loss", "wgan_generator_loss"
+]

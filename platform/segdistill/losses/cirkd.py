@@ -33,17 +33,67 @@ Deviations from the reference code (``losses/memory_loss.py``), on purpose:
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError, check
 from ._checks import check_features_4d, check_labels, check_positive
+from .cwd import PixelKD, kd_loss
+from .distiller import Distiller, DistillSettings
 from .hwd import downsample_labels
+from .params import BatchCoupling, FeatureTap, require_nonnegative, require_positive
 from .skd import match_size, pooled_unit_features
 
+log = logging.getLogger(__name__)
+
 PIXEL_UPDATE_FREQ = 16  # pixels per (image, class) enqueued each step (reference: 16)
+
+
+@dataclass(frozen=True)
+class CIRKDParams(FeatureTap, PixelKD, BatchCoupling):
+    """CIRKD's parameters (defaults: the reference recipe, docs/METHODS.md): the feature tap, the
+    pixel-KD term, the batch coupling of the mini-batch pairs; the mini-batch pair term's weight,
+    temperature and max-pool window (``cirkd_pair_weight`` 1, ``cirkd_pair_tau`` 0.1,
+    ``cirkd_pair_pool`` 1 = unpooled, in [1, 64]); the memory contrast's weights and temperatures
+    (``cirkd_pixel_weight`` / ``cirkd_region_weight`` 0.1, ``cirkd_contrast_tau`` 0.1,
+    ``cirkd_contrast_kd_tau`` 1); the per-class queue sizes (``cirkd_pixel_memory`` 2000,
+    ``cirkd_region_memory`` 200; reference 20000 / 2000), refused above ``cirkd_max_memory_mb``;
+    negatives sampled per class per step (``cirkd_pixel_contrast`` / ``cirkd_region_contrast``,
+    0 = the reference's ``4096 // C + 1`` / ``1024 // C + 1``) and anchor pixels per step
+    (``cirkd_anchors``, 0 = every valid pixel)."""
+
+    cirkd_pair_pool: int = 1
+    cirkd_pair_weight: float = 1.0
+    cirkd_pixel_weight: float = 0.1
+    cirkd_region_weight: float = 0.1
+    cirkd_pair_tau: float = 0.1
+    cirkd_contrast_tau: float = 0.1
+    cirkd_contrast_kd_tau: float = 1.0
+    cirkd_pixel_memory: int = 2000
+    cirkd_region_memory: int = 200
+    cirkd_pixel_contrast: int = 0
+    cirkd_region_contrast: int = 0
+    cirkd_anchors: int = 0
+    cirkd_max_memory_mb: float = 1024.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("cirkd_pair_weight", "cirkd_pixel_weight", "cirkd_region_weight"):
+            require_nonnegative(name, getattr(self, name))
+        for name in ("cirkd_pair_tau", "cirkd_contrast_tau", "cirkd_contrast_kd_tau", "cirkd_max_memory_mb"):
+            require_positive(name, getattr(self, name))
+        check(1 <= self.cirkd_pair_pool <= 64, f"distill.cirkd_pair_pool must be in [1, 64], got {self.cirkd_pair_pool}")
+        for name in ("cirkd_pixel_memory", "cirkd_region_memory"):
+            check(getattr(self, name) >= 1, f"distill.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("cirkd_pixel_contrast", "cirkd_region_contrast"):
+            check(getattr(self, name) >= 0,
+                  f"distill.{name} must be >= 0 (0 = the reference's size), got {getattr(self, name)}")
+        check(self.cirkd_anchors >= 0, f"distill.cirkd_anchors must be >= 0 (0 = all valid pixels), got {self.cirkd_anchors}")
 
 
 def minibatch_pair_loss(student_feat: Tensor, teacher_feat: Tensor, *, tau: float = 0.1, pool: int = 1) -> Tensor:
@@ -229,5 +279,67 @@ def format_bytes(n: int) -> str:
     return f"{n / 1024 ** k:.1f} {units[k]}"
 
 
-__all__ = ["MemoryBank", "ProjectionHead", "contrast_kd_loss", "format_bytes", "memory_bytes",
-           "memory_contrast_terms", "minibatch_pair_loss", "valid_anchor_index", "PIXEL_UPDATE_FREQ"]
+def reference_contrast_size(total: int, num_classes: int) -> int:
+    """CIRKD's negatives per class: ``total // C + 1`` (train_cirkd.py:170-171 passes 4096 and 1024)."""
+    return total // max(num_classes, 1) + 1
+
+
+class CIRKDDistiller(Distiller):
+    """Cross-image relational KD (Yang et al., CVPR 2022). Transfers pixel KD (``distill.kd_weight``,
+    1), mini-batch cross-image pixel-pair relations (``distill.cirkd_pair_weight`` 1, temperature
+    ``cirkd_pair_tau`` 0.1, unpooled: ``cirkd_pair_pool`` 1), and memory-bank pixel / region contrast
+    (``cirkd_pixel_weight`` 0.1, ``cirkd_region_weight`` 0.1, temperatures ``cirkd_contrast_tau`` 0.1 /
+    ``cirkd_contrast_kd_tau`` 1; ``cirkd_pixel_contrast`` / ``cirkd_region_contrast`` negatives per class,
+    0 = the reference's ``4096 // C + 1`` / ``1024 // C + 1``) through a projection head (student width
+    -> teacher width, read from the models) and per-class queues sized by ``cirkd_pixel_memory`` /
+    ``cirkd_region_memory``, refused above ``cirkd_max_memory_mb``. Tap ``"head"``. Reference
+    ``distill.alpha = 1``. Deviations (pixel sampling from the class mask, not raw positions; memory
+    sizing): see :mod:`.cirkd`."""
+
+    params_class = CIRKDParams
+    feature_tap = "head"
+    zero_at_equality = ("kd", "pair")
+
+    def __init__(self, cfg: DistillSettings, **kw) -> None:
+        super().__init__(cfg, **kw)
+        p = self.params
+        need = memory_bytes(self.num_classes, p.cirkd_pixel_memory, p.cirkd_region_memory, self.teacher_width)
+        self.memory_footprint = need
+        if need > p.cirkd_max_memory_mb * 2**20:
+            raise ConfigError(
+                f"distill.cirkd_pixel_memory={p.cirkd_pixel_memory} / distill.cirkd_region_memory="
+                f"{p.cirkd_region_memory} per class need {format_bytes(need)} of queues ({self.num_classes} classes x "
+                f"{self.teacher_width}-d), above distill.cirkd_max_memory_mb={p.cirkd_max_memory_mb:g}; "
+                f"shrink the memories or raise the cap")
+        # negatives sampled per class per step: the reference passes 4096 // C + 1 and 1024 // C + 1
+        # (train_cirkd.py:170-171); a positive config value overrides
+        self.pixel_contrast = p.cirkd_pixel_contrast or reference_contrast_size(4096, self.num_classes)
+        self.region_contrast = p.cirkd_region_contrast or reference_contrast_size(1024, self.num_classes)
+        self.projector = ProjectionHead(self.student_width, self.teacher_width)
+        self.memory = MemoryBank(self.num_classes, self.teacher_width, p.cirkd_pixel_memory, p.cirkd_region_memory,
+                                 ignore_index=self.ignore_index)
+        log.info("cirkd memory bank: %d classes x (%d pixel + %d region) x %d-d = %s", self.num_classes,
+                 p.cirkd_pixel_memory, p.cirkd_region_memory, self.teacher_width, format_bytes(need))
+
+    def terms(self, s_logits, t_logits, labels, s_features=None, t_features=None):  # type: ignore[override]
+        c = self.params
+        fs, ft = self.tapped(s_features, t_features)
+        pix, reg = memory_contrast_terms(
+            self.projector(fs), ft, labels, self.memory, pixel_contrast=self.pixel_contrast,
+            region_contrast=self.region_contrast, tau=c.cirkd_contrast_tau, kd_tau=c.cirkd_contrast_kd_tau,
+            anchors=c.cirkd_anchors)
+        return {"kd": c.kd_weight * kd_loss(s_logits, t_logits, temperature=c.kd_temperature),
+                "pair": c.cirkd_pair_weight * minibatch_pair_loss(*self.coupled(fs, ft.detach()), tau=c.cirkd_pair_tau,
+                                                                  pool=c.cirkd_pair_pool),
+                "memory_pixel": c.cirkd_pixel_weight * pix,
+                "memory_region": c.cirkd_region_weight * reg}
+
+    def describe(self) -> dict[str, float]:
+        return {**super().describe(), "memory_bytes": float(self.memory_footprint)}
+
+
+__all__ = [
+    "PIXEL_UPDATE_FREQ", "CIRKDDistiller", "CIRKDParams", "MemoryBank", "ProjectionHead", "contrast_kd_loss",
+    "format_bytes", "memory_bytes", "memory_contrast_terms", "minibatch_pair_loss", "reference_contrast_size",
+    "valid_anchor_index"
+]

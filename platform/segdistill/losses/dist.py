@@ -10,11 +10,30 @@ temperature tau). Both terms are ``1 - mean Pearson``; reference weights beta = 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
+from ..parallel import world_size
 from ._checks import check_logit_pair
+from .distiller import Distiller
+from .params import BatchCoupling, require_nonnegative
 
 PEARSON_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class DISTParams(BatchCoupling):
+    """DIST's parameters: the batch coupling of the intra-class term and the weights
+    ``dist_inter_weight`` / ``dist_intra_weight`` of the two terms (reference 1 and 1)."""
+
+    dist_inter_weight: float = 1.0
+    dist_intra_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_nonnegative("dist_inter_weight", self.dist_inter_weight)
+        require_nonnegative("dist_intra_weight", self.dist_intra_weight)
 
 
 def pearson_rows(a: Tensor, b: Tensor) -> Tensor:
@@ -64,4 +83,22 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, *, inter_weight: f
     return inter_weight * inter + intra_weight * intra
 
 
-__all__ = ["dist_loss", "dist_terms", "inter_term", "intra_term", "pearson_rows"]
+class DISTDistiller(Distiller):
+    """DIST (Huang et al., 2022), segmentation form: ``1 - Pearson`` of raw logits between student
+    and teacher, inter-class (per pixel, over classes; ``distill.dist_inter_weight``, reference 1)
+    and intra-class (per class, over the batch's pixels - the worker's or, with
+    ``distill.batch_coupling = 'global'``, every worker's; ``distill.dist_intra_weight``, reference
+    1). No softmax or temperature (docs/REFERENCE.md). Reference ``distill.alpha = 1``."""
+
+    params_class = DISTParams
+    zero_at_equality = ("inter", "intra")
+
+    def terms(self, s_logits, t_logits, labels, s_features=None, t_features=None):  # type: ignore[override]
+        if self.params.batch_coupling == "global" and world_size() > 1:  # intra over every worker's pixels
+            inter, intra = inter_term(s_logits, t_logits), intra_term(*self.coupled(s_logits, t_logits.detach()))
+        else:
+            inter, intra = dist_terms(s_logits, t_logits)
+        return {"inter": self.params.dist_inter_weight * inter, "intra": self.params.dist_intra_weight * intra}
+
+
+__all__ = ["DISTDistiller", "DISTParams", "dist_loss", "dist_terms", "inter_term", "intra_term", "pearson_rows"]

@@ -12,15 +12,48 @@ epsilon; a zero std (all channels equal) gives w^n = mu for every channel, hence
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_labels, check_logit_pair, check_positive
+from ..errors import check, check_finite
+from ._checks import check_labels, check_logit_pair
 from .cwd import channel_kl
+from .distiller import Distiller
+from .params import MethodParams, require_positive
 
 PIXEL_CORRECTIONS = ("n", "none")
 WEIGHTINGS = ("smooth", "softmax")
+
+
+@dataclass(frozen=True)
+class HWDParams(MethodParams):
+    """HWD's parameters (paper Sec. III, supplement Table I): ``tau`` the activation temperature,
+    ``mu``/``sigma`` the normalisation's shift and scale (Eq. 6), ``beta`` the smoothing (Eq. 7, in
+    (0, 1)), ``pixel_correction`` 'n' = the paper's CD/(N_c+1) or 'none' = the released code's
+    recipe, ``weighting`` 'smooth' = Eq. 7 or 'softmax' = Fig. 6's alternative with temperature
+    ``tau_prime``. Every default and the reference's value: docs/METHODS.md."""
+
+    tau: float = 4.0
+    mu: float = 0.0
+    sigma: float = 1.0
+    beta: float = 0.1
+    pixel_correction: str = "n"
+    weighting: str = "smooth"
+    tau_prime: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_finite("distill.mu", self.mu)
+        for name in ("tau", "sigma", "tau_prime"):
+            require_positive(name, getattr(self, name))
+        check_finite("distill.beta", self.beta)
+        check(0 < self.beta < 1, f"distill.beta must be in (0, 1), got {self.beta}")
+        check(self.pixel_correction in PIXEL_CORRECTIONS,
+              f"distill.pixel_correction must be one of {PIXEL_CORRECTIONS}, got {self.pixel_correction!r}")
+        check(self.weighting in WEIGHTINGS, f"distill.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
 
 
 def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
@@ -43,18 +76,6 @@ def class_pixel_counts(labels: Tensor, num_classes: int, size: tuple[int, int], 
     counts = torch.zeros(labels.shape[0], num_classes + 1, device=labels.device, dtype=torch.float32)
     counts.scatter_add_(1, index, torch.ones_like(index, dtype=torch.float32))
     return counts[:, :num_classes]  # (B, C)
-
-
-def _check_options(tau: float, sigma: float, beta: float, pixel_correction: str, weighting: str, tau_prime: float) -> None:
-    check_positive("tau", tau)
-    check_positive("sigma", sigma)
-    check_positive("tau_prime", tau_prime)
-    if not 0.0 < beta < 1.0:
-        raise ValueError(f"beta must be in the open interval (0, 1), got {beta}")
-    if pixel_correction not in PIXEL_CORRECTIONS:
-        raise ValueError(f"pixel_correction must be one of {PIXEL_CORRECTIONS}, got {pixel_correction!r}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
 
 @torch.no_grad()
@@ -82,7 +103,8 @@ def hwd_weights(
     """
     check_logit_pair(student_logits, teacher_logits)
     check_labels(labels, student_logits)
-    _check_options(tau, sigma, beta, pixel_correction, weighting, tau_prime)
+    HWDParams(tau=tau, mu=mu, sigma=sigma, beta=beta, pixel_correction=pixel_correction, weighting=weighting,
+              tau_prime=tau_prime)  # validates the options
     b, c, h, w = student_logits.shape
     ps = F.softmax(student_logits.float().reshape(b, c, -1) / tau, dim=-1)  # (B, C, hw), Eq. 2
     pt = F.softmax(teacher_logits.float().reshape(b, c, -1) / tau, dim=-1)
@@ -138,4 +160,23 @@ def hwd_loss(
     return (weights * kl).sum() * (tau * tau) / (b * c)
 
 
-__all__ = ["class_pixel_counts", "downsample_labels", "hwd_loss", "hwd_weights"]
+class HWDDistiller(Distiller):
+    """Holistic weighted distillation, paper Eq. (4)-(7) (alpha 3, tau 4, beta 0.1; mu per dataset)."""
+
+    params_class = HWDParams
+    reference_alpha = 3.0
+    zero_at_equality = ("hwd",)
+
+    def terms(self, s_logits, t_logits, labels, s_features=None, t_features=None):  # type: ignore[override]
+        c = self.params
+        return {"hwd": hwd_loss(
+            s_logits, t_logits, labels, tau=c.tau, mu=c.mu, sigma=c.sigma, beta=c.beta,
+            pixel_correction=c.pixel_correction, weighting=c.weighting, tau_prime=c.tau_prime,
+            ignore_index=self.ignore_index,
+        )}
+
+
+__all__ = [
+    "PIXEL_CORRECTIONS", "WEIGHTINGS", "HWDDistiller", "HWDParams", "class_pixel_counts", "downsample_labels",
+    "hwd_loss", "hwd_weights"
+]

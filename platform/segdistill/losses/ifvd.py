@@ -14,12 +14,30 @@ The reference computes the prototypes with a Python loop over classes; this is o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_features_4d, check_labels
+from .adversarial import AdversarialMixin, AdversarialParams
+from .cwd import PixelKD, kd_loss
+from .distiller import Distiller, DistillSettings
 from .hwd import downsample_labels
+from .params import FeatureTap, require_nonnegative
+
+
+@dataclass(frozen=True)
+class IFVDParams(FeatureTap, PixelKD, AdversarialParams):
+    """IFVD's parameters: the feature tap, the pixel-KD term, the critic's group (as SKD's) and the
+    weight ``ifvd_weight`` of the intra-class feature variation term (reference 20)."""
+
+    ifvd_weight: float = 20.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_nonnegative("ifvd_weight", self.ifvd_weight)
 
 
 def class_prototype_similarity(feat: Tensor, labels: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
@@ -69,4 +87,27 @@ def ifv_loss(student_feat: Tensor, teacher_feat: Tensor, labels: Tensor, *, num_
     return F.mse_loss(sim_s, sim_t)
 
 
-__all__ = ["class_prototype_similarity", "ifv_loss"]
+class IFVDDistiller(AdversarialMixin, Distiller):
+    """Intra-class feature variation distillation (Wang et al., ECCV 2020). Transfers pixel KD
+    (``distill.kd_weight``, 1), the map of cosine similarities between each pixel's feature and its
+    class prototype (``distill.ifvd_weight``, 20 per docs/REFERENCE.md; tap ``"head"``), and the same
+    adversarial term as SKD. Reference ``distill.alpha = 1``."""
+
+    params_class = IFVDParams
+    feature_tap = "head"
+    zero_at_equality = ("kd", "ifv")
+
+    def __init__(self, cfg: DistillSettings, **kw) -> None:
+        super().__init__(cfg, **kw)
+        self._make_adversary(self.num_classes)
+
+    def terms(self, s_logits, t_logits, labels, s_features=None, t_features=None):  # type: ignore[override]
+        c = self.params
+        fs, ft = self.tapped(s_features, t_features)
+        return {"kd": c.kd_weight * kd_loss(s_logits, t_logits, temperature=c.kd_temperature),
+                "ifv": c.ifvd_weight * ifv_loss(fs, ft, labels, num_classes=self.num_classes,
+                                                ignore_index=self.ignore_index),
+                "adv_g": self._adversarial_term(s_logits, t_logits)}
+
+
+__all__ = ["IFVDDistiller", "IFVDParams", "class_prototype_similarity", "ifv_loss"]

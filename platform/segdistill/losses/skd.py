@@ -12,11 +12,33 @@ are compared); a student map of a different spatial size is resized bilinearly t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import check
 from ._checks import check_features_4d
+from .adversarial import AdversarialMixin, AdversarialParams
+from .cwd import PixelKD, kd_loss
+from .distiller import Distiller, DistillSettings
+from .params import FeatureTap, require_nonnegative
+
+
+@dataclass(frozen=True)
+class SKDParams(FeatureTap, PixelKD, AdversarialParams):
+    """SKD's parameters: the feature tap, the pixel-KD term, the critic's group, and the pair-wise
+    term's max-pool window ``skd_pair_pool`` (reference 2x2, in [1, 64]) and weight
+    ``skd_pair_weight`` (reference 10)."""
+
+    skd_pair_pool: int = 2
+    skd_pair_weight: float = 10.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(1 <= self.skd_pair_pool <= 64, f"distill.skd_pair_pool must be in [1, 64], got {self.skd_pair_pool}")
+        require_nonnegative("skd_pair_weight", self.skd_pair_weight)
 
 
 def match_size(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
@@ -56,4 +78,30 @@ def pairwise_similarity_loss(student_feat: Tensor, teacher_feat: Tensor, *, pool
     return ((sim_s - sim_t) ** 2).mean()
 
 
-__all__ = ["match_size", "pairwise_similarity_loss", "pooled_unit_features"]
+class SKDDistiller(AdversarialMixin, Distiller):
+    """Structured KD (Liu et al., TPAMI 2020). Transfers the per-pixel class distribution (pixel KD,
+    ``distill.kd_weight``, reference 1), the pair-wise cosine similarity of max-pooled features
+    (window ``distill.skd_pair_pool`` 2, weight ``distill.skd_pair_weight`` 10; tap ``"head"`` = the
+    reference's feature after the ASPP/PSP block) and the holistic look of the score map through a
+    spectral-norm critic on the logits (``distill.adv_loss`` 'hinge' as the reference scripts, or
+    'wgan-gp' with gradient penalty ``distill.adv_gp_weight`` 10; student term ``distill.adv_g_weight``
+    1e-3; critic ``distill.adv_d_weight`` 0.1, Adam lr ``distill.adv_lr`` 4e-4, its own optimiser).
+    Reference ``distill.alpha = 1``. Critic deviations: see :mod:`.adversarial`."""
+
+    params_class = SKDParams
+    feature_tap = "head"
+    zero_at_equality = ("kd", "pair")
+
+    def __init__(self, cfg: DistillSettings, **kw) -> None:
+        super().__init__(cfg, **kw)
+        self._make_adversary(self.num_classes)
+
+    def terms(self, s_logits, t_logits, labels, s_features=None, t_features=None):  # type: ignore[override]
+        c = self.params
+        fs, ft = self.tapped(s_features, t_features)
+        return {"kd": c.kd_weight * kd_loss(s_logits, t_logits, temperature=c.kd_temperature),
+                "pair": c.skd_pair_weight * pairwise_similarity_loss(fs, ft, pool=c.skd_pair_pool),
+                "adv_g": self._adversarial_term(s_logits, t_logits)}
+
+
+__all__ = ["SKDDistiller", "SKDParams", "match_size", "pairwise_similarity_loss", "pooled_unit_features"]

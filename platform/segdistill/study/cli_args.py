@@ -131,10 +131,10 @@ CWD_REF_KEY = {"group": catalog.CWD_REF, "setting": "cwd"}
 
 
 def ablation_spec(script: str, preset: Preset, variants: Sequence[Mapping[str, Any]]) -> StudySpec:
-    """A grid study over ``variants`` plus the CWD reference, with the preset's base, seeds, teacher,
-    trial shape and resources."""
+    """A grid study over ``variants`` plus the CWD reference, with the preset's base, per-method
+    parameters, seeds, teacher, trial shape and resources."""
     catalog.check_variant_groups(Path(script).stem, variants)
-    return StudySpec(name=study_name(script, preset), base=preset.base, variants=[*variants, CWD_REFERENCE],
+    return StudySpec(name=study_name(script, preset), base=preset.base, variants=preset.variants([*variants, CWD_REFERENCE]),
                      seeds=preset.seeds, teacher=preset.teacher, shape=preset.shape, resources=preset.resources,
                      tags=catalog.experiment_tags(Path(script).stem, preset.name))
 

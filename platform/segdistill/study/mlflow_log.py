@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import pandas as pd
 from ray.tune import Callback
 
-from ..config import TrainConfig
+from ..config import flat_keys
 from ..results import part_path
 from .names import MEMBERS_KEY, member_label, searched_keys, trial_label
 from .plan import member_config, trial_members
@@ -52,7 +52,7 @@ FINAL_METRICS = ("last_evals_miou", "final_miou", "best_miou", "pixel_acc", "par
                  "iterations_done", "restarts")
 TAG_COLUMNS = ("role", "group", "setting", "preset", "status", "error_reason", "failed_at_iteration", "cohort_id",
                "cohort_size", "tune_trial_id", "trial_shape", "device", "git_sha")
-CONFIG_KEYS = tuple(TrainConfig().to_flat())  # a record's columns that are config values: the run's params
+CONFIG_KEYS = flat_keys()  # a record's columns that can be config values (every method's): the run's params
 _BATCH = 100  # MLflow's limit of params (and tags) per log_batch request
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 

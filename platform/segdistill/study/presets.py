@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..catalog import REPORTED_METRIC  # noqa: F401 - re-exported: the metric the scripts report
 from ..config import REFERENCE_PREPROCESSING, REFERENCE_UPSAMPLING, TrainConfig
-from ..losses import reference_alpha
+from ..losses import MethodParams, params_class, reference_alpha
 from .spec import Resources, TeacherRecipe
 
 PRESETS = ("smoke", "demo", "paper", "released")
@@ -55,9 +56,22 @@ class Preset:
     resources: Resources
     students: tuple[str, ...]  # student architectures for compare_methods
     subset: bool  # smoke: scripts run a tiny subset of their grids
+    # per method, the flat ``distill.*`` parameters its variants start from (the base's method is
+    # 'none', which has no parameters): e.g. the paper's mu per dataset for HWD
+    method_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> "Preset":
         return dataclasses.replace(self, **changes)
+
+    def params(self, method: str) -> MethodParams:
+        """The parameters a ``method`` variant of this preset starts from (its defaults + ``method_params``)."""
+        given = self.method_params.get(method, {})
+        return params_class(method)(**{key.partition(".")[2]: value for key, value in given.items()})
+
+    def variants(self, variants: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``variants`` (flat overrides of ``base``), each under the preset's parameters of its method;
+        the variant's own keys win."""
+        return [{**self.method_params.get(v.get("distill.method", self.base.distill.method), {}), **v} for v in variants]
 
 
 def _gpu_available() -> bool:
@@ -155,30 +169,36 @@ def _paper(dataset: str, data_root: str) -> Preset:
         "data.name": dataset, "data.root": data_root, "data.image_size": 512, "data.crop_size": 512,
         "data.num_workers": 8,
         "model.arch": "deeplabv3_r18",
-        "distill.mu": PAPER_MU[dataset], "distill.beta": 0.1, "distill.tau": 4.0,
         "optim.iterations": 40_000, "optim.batch_size": 8, "optim.lr": 0.01,
         "run.eval_every": 4_000, "run.log_every": 50, "run.device": "auto", "run.amp": True,
         "run.channels_last": True, "run.progress": False, "optim.sync_bn": True,
         **REFERENCE_PREPROCESSING, **REFERENCE_UPSAMPLING,
     })
     teacher = TeacherRecipe("deeplabv3_r101", {"optim.iterations": 80_000, "run.eval_every": 8_000})
+    hwd = {"distill.mu": PAPER_MU[dataset], "distill.beta": 0.1, "distill.tau": 4.0}
     return Preset("paper", base, teacher, (0,), "train", Resources(cpus=8, gpus=1, num_workers=1),
-                  ("deeplabv3_r18", "deeplabv3_mbv2", "pspnet_r18"), False)
+                  ("deeplabv3_r18", "deeplabv3_mbv2", "pspnet_r18"), False,
+                  method_params={"hwd": hwd, "cwd": {"distill.tau": 4.0}})
 
 
-# The released command (zju-SWJ/HWD README.md:45, train_hwd.py) where it differs from the paper preset.
-RELEASED_OVERRIDES: dict[str, Any] = {
+# The released command (zju-SWJ/HWD README.md:45, train_hwd.py) where it differs from the paper preset:
+# HWD's parameters, and the run's
+RELEASED_HWD: dict[str, Any] = {
     "distill.mu": 1.0,  # --shift 1.0
     "distill.pixel_correction": "none",  # --DivPixel None
     "distill.weighting": "smooth", "distill.beta": 0.1,  # --process E --parameter 0.1
     "distill.tau": 4.0,  # hard-coded in hwd_loss.py
+}
+RELEASED_OVERRIDES: dict[str, Any] = {
     "run.eval_every": 400,  # --val-per-iters 400 (train_hwd.py:70)
 }
 
 
 def _released(dataset: str, data_root: str) -> Preset:
     p = _paper(dataset, data_root)
-    return p.replace(name="released", base=p.base.replace(**RELEASED_OVERRIDES))
+    hwd = {**p.method_params["hwd"], **RELEASED_HWD}
+    return p.replace(name="released", base=p.base.replace(**RELEASED_OVERRIDES),
+                     method_params={**p.method_params, "hwd": hwd})
 
 
 def pick(preset: Preset, values: tuple, smoke: tuple) -> tuple:
