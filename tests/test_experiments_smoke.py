@@ -57,7 +57,7 @@ def test_smoke_preset(script, results):
                              out, re.M), f"{name!r} not done:\n{tail}"
         assert "ablation_beta-smoke trials: 4/4 done, 0 failed, 0 running, 0 pending" in out, tail
         assert "best val mIoU so far per setting: " in out, tail
-        assert "contrast beta=0.9 - beta=0.1 (final_miou): " in out and "95% CI of diff" in out, tail
+        assert f"contrast beta=0.9 - beta=0.1 ({REPORTED_METRIC}): " in out and "95% CI of diff" in out, tail
         assert "Configuration for experiment" not in out and "Trial status:" not in out, tail  # Tune's tables: --verbose
 
 

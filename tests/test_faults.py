@@ -421,11 +421,11 @@ def test_results_of_other_schema_versions_are_read_or_refused_clearly(tmp_path):
     table = pq.read_table(part)
     cases = [
         ({}, r"now\.parquet: no segdistill\.schema_version metadata; not a segdistill results file \(or one written "
-             r"before results carried a schema version\); this segdistill reads results schema versions 1\.\.2"),
+             r"before results carried a schema version\); this segdistill reads results schema versions 1\.\.3"),
         ({b"segdistill.schema_version": b"0"}, r"now\.parquet: written with results schema version 0, older than 1: "
-                                               r"this segdistill reads results schema versions 1\.\.2; re-run"),
-        ({b"segdistill.schema_version": b"3"}, r"now\.parquet: written with results schema version 3, but this "
-                                               r"segdistill reads results schema versions 1\.\.2; upgrade segdistill"),
+                                               r"this segdistill reads results schema versions 1\.\.3; re-run"),
+        ({b"segdistill.schema_version": b"4"}, r"now\.parquet: written with results schema version 4, but this "
+                                               r"segdistill reads results schema versions 1\.\.3; upgrade segdistill"),
         ({b"segdistill.schema_version": b"v1"}, r"bad schema version b'v1'"),
     ]
     for meta, message in cases:
