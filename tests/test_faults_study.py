@@ -30,7 +30,7 @@ from segdistill.config import ConfigError, TrainConfig  # noqa: E402
 from segdistill.results import read_trials  # noqa: E402
 from segdistill.study import Resources, StudySpec  # noqa: E402
 from segdistill.study import cli_args  # noqa: E402
-from segdistill.study.guards import (DesignChangedError, ResultsRootError, StudyLockedError,  # noqa: E402
+from segdistill.study.guards import (DesignChange, DesignChangedError, ResultsRootError, StudyLockedError,  # noqa: E402
                                      check_results_root, compare_designs, study_lock, verify_zoo_entry)
 
 pytestmark = pytest.mark.faults
@@ -274,6 +274,15 @@ def test_compare_designs_lists_what_differs():
     assert "base config optim.iterations: 10 -> 20" in text
     assert "setting 'a': distill.beta: 0.1 -> 0.2" in text
     assert "seeds [1] were removed" in text
+    # a design recorded when every config carried every method's parameters: the same study
+    recorded = {"settings": {"hwd": {"distill.method": "hwd", "distill.beta": 0.1}}, "seeds": [0],
+                "base": {"optim.iterations": 10, "distill.method": "none", "distill.mu": 1.0, "distill.ifvd_weight": 20.0},
+                "search": {"search": "grid"}}
+    now = {"settings": {"hwd": {"distill.method": "hwd", "distill.beta": 0.1, "distill.mu": 1.0}}, "seeds": [0],
+           "base": {"optim.iterations": 10, "distill.method": "none"}, "search": {"search": "grid"}}
+    assert compare_designs(recorded, now) == (DesignChange(), [])
+    now["settings"]["hwd"]["distill.mu"] = 0.0
+    assert compare_designs(recorded, now)[1] == ["setting 'hwd': distill.mu: 1.0 -> 0.0"]
 
 
 def _grid_spec(lrs=(0.01, 0.02), seeds=(0,)) -> StudySpec:

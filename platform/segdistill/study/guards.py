@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..checkpoints import read_model_file
-from ..config import ConfigError
+from ..config import ConfigError, own_method_keys
 
 log = logging.getLogger(__name__)
 
@@ -203,16 +203,32 @@ def _diff_dict(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str) -> l
     return out
 
 
+def _setting_diff(name: str, old_set: Mapping[str, Any], new_set: Mapping[str, Any], old_base: Mapping[str, Any],
+                  new_base: Mapping[str, Any]) -> list[str]:
+    """What a setting changes in the configurations it makes: each key it sets, valued as the setting
+    or else the base gives it (a value that moved between the base and the setting is no change)."""
+    out = []
+    for k in sorted(set(old_set) | set(new_set)):
+        was, now = old_set.get(k, old_base.get(k)), new_set.get(k, new_base.get(k))
+        if was != now:
+            out.append(f"setting {name!r}: {k}: {'(not set)' if was is None else repr(was)} -> "
+                       f"{'(not set)' if now is None else repr(now)}")
+    return out
+
+
 def compare_designs(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[DesignChange, list[str]]:
-    """(what is added, what differs otherwise). Only added settings and added seeds can be run."""
-    problems = _diff_dict(old.get("base", {}), new.get("base", {}), "base config ")
+    """(what is added, what differs otherwise). Only added settings and added seeds can be run.
+    Base configs compare without other methods' parameters (designs recorded before each method
+    owned its parameters list every method's defaults in the base)."""
+    old_base, new_base = old.get("base", {}), new.get("base", {})
+    problems = _diff_dict(own_method_keys(old_base), own_method_keys(new_base), "base config ")
     problems += _diff_dict(old.get("search", {}), new.get("search", {}), "")
     old_set, new_set = old.get("settings", {}), new.get("settings", {})
     for name in old_set:
         if name not in new_set:
             problems.append(f"setting {name!r} was removed")
         elif old_set[name] != new_set[name]:
-            problems += _diff_dict(old_set[name], new_set[name], f"setting {name!r}: ")
+            problems += _setting_diff(name, old_set[name], new_set[name], old_base, new_base)
     old_seeds, new_seeds = list(old.get("seeds", [])), list(new.get("seeds", []))
     gone = [s for s in old_seeds if s not in new_seeds]
     if gone:
