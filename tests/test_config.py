@@ -178,3 +178,13 @@ def test_presets_carry_method_parameters_apart_from_their_none_base():
     assert none == {"distill.method": "none"}
     assert p.params("hwd") == HWDParams(mu=1.0, pixel_correction="none") and p.params("kd") == KDParams()
     assert get_preset("paper", data_root="/data", dataset="cocostuff").params("hwd").mu == 0.1
+
+
+def test_recipe_hash_is_what_it_was_when_every_config_carried_every_method_parameter():
+    """Zoo teachers trained before each method owned its parameters are found: the recipe hash adds
+    the other methods' defaults back (values computed with the code at fd0bb55)."""
+    from segdistill.study.spec import recipe_hash
+
+    assert recipe_hash(TrainConfig()) == "bae931d07611"
+    assert recipe_hash(TrainConfig().replace(**{"model.arch": "deeplabv3_tiny_r101", "optim.iterations": 300})) \
+        == "4a8886cf2c96"

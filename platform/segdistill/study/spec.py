@@ -23,7 +23,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from ..config import ConfigError, DistillConfig, TrainConfig
+from ..config import ConfigError, DistillConfig, TrainConfig, known_methods
+from ..losses import params_class
 from ..results import _NAME_RE  # one naming rule for studies and result files
 
 SEARCHES = ("grid", "optuna")
@@ -222,7 +223,7 @@ def recipe_hash(cfg: TrainConfig, length: int = 12) -> str:
     Run-time settings (out_dir, device, progress, eval cadence, threads) are excluded, so the
     same teacher trained on a laptop or a cluster is the same zoo entry.
     """
-    flat = cfg.to_flat()
+    flat = {**_every_method_default(), **cfg.to_flat()}
     keep = {k: _canon(v) for k, v in flat.items()
             if not k.startswith("run.") or k in _RUN_FIELDS_IN_RECIPE}
     keep.pop("data.root", None)  # where the dataset lives is not what it is
@@ -232,6 +233,19 @@ def recipe_hash(cfg: TrainConfig, length: int = 12) -> str:
         keep["model.pretrained_name"] = os.path.basename(str(flat["model.pretrained"]))
     blob = json.dumps(keep, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+@functools.cache
+def _every_method_default() -> dict[str, Any]:
+    """``distill.<field>``: its default, for every method's parameters. A config's flat dict carries
+    only its own method's; the recipe hash adds the others' defaults so that it stays what it was
+    when every config carried every method's parameters (zoo teachers trained then are found)."""
+    out: dict[str, Any] = {}
+    for method in known_methods():
+        for f in dataclasses.fields(params_class(method)):
+            if f.default is not dataclasses.MISSING:
+                out.setdefault(f"distill.{f.name}", f.default)
+    return out
 
 
 def _canon(v: Any) -> Any:
