@@ -173,9 +173,10 @@ def _mgd_case(mask_name: str) -> dict[str, np.ndarray]:
         d.generator.generator.register_forward_hook(lambda m, i, o: captured.__setitem__("g", o))
 
     # segdistill keeps where rand <= 1 - mask_ratio: rand 0 keeps, rand 1 masks
-    out = _run(default_config("mgd"), feats="128", prepare=prepare, context=lambda: pinned_rand(1.0 - keep))
+    cfg = default_config("mgd")
+    out = _run(cfg, feats="128", prepare=prepare, context=lambda: pinned_rand(1.0 - keep))
     g, t = captured["g"].detach().double(), _const("t_feat256").double()
-    w = out["_distiller"].params.mgd_weight * out["_distiller"].cfg.effective_alpha
+    w = out["_distiller"].params.mgd_weight * cfg.effective_alpha
     out["student_part"] = (w * ((g * g).sum() - 2 * (g * t).sum()) / g.shape[0]).numpy()
     return out
 

@@ -387,6 +387,16 @@ class TrainConfig:
             check(isinstance(value, _SECTIONS[f.name]),
                    f"TrainConfig.{f.name} must be a {_SECTIONS[f.name].__name__}, got {type(value).__name__}")
 
+    @property
+    def eval_period(self) -> int:
+        """Iterations between evaluations: ``run.eval_every``, or the whole run when that is 0."""
+        return self.run.eval_every or self.optim.iterations
+
+    @property
+    def checkpoint_period(self) -> int:
+        """Iterations between checkpoints: ``run.checkpoint_every``, or every evaluation when that is 0."""
+        return self.run.checkpoint_every or self.eval_period
+
     # -- flat dict round trip -------------------------------------------------------------
     def to_flat(self) -> dict[str, Any]:
         """``{"data.name": "synthetic", ..., "distill.beta": 0.1, ...}``: every field, scalars only;

@@ -111,7 +111,7 @@ class PeriodicEval(Hook):
     and at the finish if the last iteration had no evaluation."""
 
     def before_run(self, loop: Loop) -> None:
-        self.every = loop.run.cfg.run.eval_every or loop.run.cfg.optim.iterations
+        self.every = loop.run.cfg.eval_period
 
     def after_step(self, loop: Loop, terms: dict[str, Tensor]) -> bool:
         it = loop.run.iteration
@@ -131,8 +131,7 @@ class Checkpointer(Hook):
     Sets ``event.checkpoint_dir`` for the hooks after it."""
 
     def before_run(self, loop: Loop) -> None:
-        cfg = loop.run.cfg
-        self.every = cfg.run.checkpoint_every or cfg.run.eval_every or cfg.optim.iterations
+        self.every = loop.run.cfg.checkpoint_period
 
     def after_eval(self, loop: Loop, event: EvalEvent) -> None:
         run = loop.run

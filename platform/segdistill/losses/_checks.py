@@ -43,8 +43,3 @@ def check_features_4d(name: str, *tensors: Tensor) -> None:
             raise ValueError(f"{name}: feature maps must be (B, D, h, w), got {tuple(t.shape)}")
     if len({t.shape[0] for t in tensors}) > 1:
         raise ValueError(f"{name}: feature maps have different batch sizes {[tuple(t.shape) for t in tensors]}")
-
-
-def check_nonnegative(name: str, value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")

@@ -67,7 +67,6 @@ class Distiller(nn.Module):
                  student_channels: Mapping[str, int] | None = None,
                  teacher_channels: Mapping[str, int] | None = None) -> None:
         super().__init__()
-        self.cfg = cfg
         self.params = cfg.params
         self.ignore_index = ignore_index
         self.num_classes = num_classes

@@ -110,7 +110,7 @@ class ProgressReports:
     def __init__(self, cfg: TrainConfig) -> None:
         self.total = cfg.optim.iterations
         self.stride = progress_stride(cfg)
-        self.eval_every = cfg.run.eval_every or self.total
+        self.eval_every = cfg.eval_period
         self.last_log: dict[str, float] = {}
         self.last_eval: dict[str, float] = {"val_miou": math.nan, "best_miou": math.nan}
 
