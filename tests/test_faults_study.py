@@ -440,3 +440,23 @@ def test_stop_signal_inside_a_finaliser_prints_nothing_in_a_trial_process(monkey
         Finalised(exc)  # dropped at once: __del__ raises, Python hands it to sys.unraisablehook
         gc.collect()
     assert seen == [ValueError]
+
+
+def test_a_restored_study_callback_uses_the_drivers_live_plan():
+    """Tune.restore unpickles the StudyCallback of an interrupted run, with the TrialContext of the
+    code that started it (after an upgrade: an object without ``plans``); while the driver's context
+    is live, the restored callback records through that instead (seen: 'could not record trial',
+    AttributeError 'plans', on resuming a study interrupted under 5386d2f)."""
+    import pickle
+    from types import SimpleNamespace
+
+    from segdistill.study.callbacks import StudyCallback, live_context
+
+    stale = SimpleNamespace(study="s", storage_path="/r/s/ray/tune")  # an older version's context
+    blob = pickle.dumps(StudyCallback(stale, release_pgs=False))
+    live = SimpleNamespace(study="s", storage_path="/r/s/ray/tune", plans=())
+    with live_context(live):
+        assert pickle.loads(blob).ctx is live
+        other = pickle.loads(pickle.dumps(StudyCallback(SimpleNamespace(study="t", storage_path="/r/t"), False)))
+        assert other.ctx.study == "t" and not hasattr(other.ctx, "plans")  # another study's: left alone
+    assert pickle.loads(blob).ctx == stale  # nothing live: the pickled context

@@ -74,6 +74,27 @@ def terminal_status(last_result: Mapping[str, Any], errored: bool) -> str:
     return INTERRUPTED  # no iteration known: nothing says it finished
 
 
+_LIVE: dict[tuple[str, str], TrialContext] = {}
+
+
+def _context_key(ctx: Any) -> tuple[str, str]:
+    return str(getattr(ctx, "study", "")), str(getattr(ctx, "storage_path", ""))
+
+
+@contextlib.contextmanager
+def live_context(ctx: TrialContext):
+    """While open, ``ctx`` (this driver's plan) is the context of every StudyCallback of its study,
+    also of those ``Tuner.restore`` unpickles from an earlier run, whose pickled context may come
+    from another version of this code (a study interrupted before an upgrade, then resumed)."""
+    key = _context_key(ctx)
+    _LIVE[key] = ctx
+    try:
+        yield ctx
+    finally:
+        if _LIVE.get(key) is ctx:
+            del _LIVE[key]
+
+
 class StudyCallback(Callback):
     """Tune callback on the driver: records stopped/failed trials, releases their placement groups."""
 
@@ -81,6 +102,11 @@ class StudyCallback(Callback):
         self.ctx = ctx
         self.release_pgs = release_pgs
         self.released: list[str] = []
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled by ``Tuner.restore``: the driver's live context replaces the pickled one."""
+        self.__dict__.update(state)
+        self.ctx = _LIVE.get(_context_key(self.ctx), self.ctx)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         started_trials(self.ctx)[trial.trial_id] = trial

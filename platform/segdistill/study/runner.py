@@ -36,7 +36,7 @@ from ray.tune.trainable.function_trainable import wrap_function
 
 from ..results import read_trials
 from . import interrupt, mlflow_log
-from .callbacks import StudyCallback, reconcile, started_results
+from .callbacks import StudyCallback, live_context, reconcile, started_results
 from .dashboard import OPTUNA_FILE
 from .guards import (DesignChange, ZooEntryError, check_design, check_results_root, design_of, flock_file, set_aside,
                      study_lock, verify_zoo_entry, write_design)
@@ -287,8 +287,10 @@ def _tune(ctx: TrialContext, spec: StudySpec, info: RayInfo, param_space: Mappin
     if sink is not None:
         mlflow_log.attach(key, ctx, sink)
     try:
-        return _fit(ctx, spec, info, param_space, name=name, resume=resume, release=release, optuna_path=optuna_path,
-                    verbose=verbose, scheduler=scheduler, search=search, num_samples=num_samples, key=key)
+        with live_context(ctx):  # also the context of the callbacks a restored experiment unpickles
+            return _fit(ctx, spec, info, param_space, name=name, resume=resume, release=release,
+                        optuna_path=optuna_path, verbose=verbose, scheduler=scheduler, search=search,
+                        num_samples=num_samples, key=key)
     finally:
         if monitor is not None:
             monitor.detach(key)
