@@ -34,6 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..catalog import REPORTED_METRIC  # noqa: F401 - re-exported: the metric the scripts report
 from ..config import REFERENCE_PREPROCESSING, REFERENCE_UPSAMPLING, TrainConfig
 from ..losses import MethodParams, params_class, reference_alpha
@@ -76,8 +78,6 @@ class Preset:
 
 def _gpu_available() -> bool:
     try:
-        import torch
-
         return torch.cuda.is_available()
     except Exception:  # noqa: BLE001
         return False

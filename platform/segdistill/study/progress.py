@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import IO, Any, Mapping
 
+import pandas as pd
 from ray.tune import Callback
 
 from ..results import part_path, read_trials
@@ -255,8 +257,6 @@ def _read_row(ctx: TrialContext, record_id: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        import pandas as pd
-
         return pd.read_parquet(path).iloc[0].to_dict()
     except Exception:  # noqa: BLE001 - a view never stops a study
         return None
@@ -553,8 +553,6 @@ class StudyMonitor:
 
     def __init__(self, study: str, mode: str = "auto", *, stream: IO[str] | None = None,
                  interval: float | None = None) -> None:
-        import os
-
         self.study = study
         self.progress = StudyProgress(study)
         if interval is None:

@@ -38,9 +38,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import ray
+import ray.train
+import ray.train.torch
 import torch
 import torch.distributed as dist
 from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from ..cohort import fit_cohort
 from ..config import TrainConfig
@@ -337,15 +340,11 @@ class _TrainReporter:
         self.progress = ProgressReports(cfg)
 
     def on_log(self, record: dict[str, float]) -> None:
-        import ray.train
-
         metrics = self.progress.from_log(record)
         if metrics is not None:
             ray.train.report({**metrics, **self.extra})
 
     def on_eval(self, event: Any) -> None:
-        import ray.train
-
         metrics = {**self.progress.from_eval(report_metrics(event.iteration, event.metrics, self.total)), **self.extra}
         ckpt = ray.train.Checkpoint.from_directory(event.checkpoint_dir) if event.checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
@@ -353,9 +352,6 @@ class _TrainReporter:
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker (torch.distributed already initialised by TorchTrainer)."""
-    import ray.train
-    import ray.train.torch
-
     ctx: TrialContext = loop_config["ctx"]
     trial_id: str = loop_config["trial_id"]
     (member,) = trial_members(ctx, trial_id, loop_config["config"])
@@ -377,10 +373,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
 def train_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable that launches a Ray Train run for this trial and waits for it."""
-    import ray.train
-    import ray.train.torch
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     trial_id = tune.get_context().get_trial_id()
     (member,) = trial_members(ctx, trial_id, config)
     total = member.iterations
