@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from segdistill.config import TrainConfig
+from segdistill.evaluation import evaluate
+from segdistill.runstate import ValTeacherLogits
 from segdistill.train import MODEL_FILE, NonFiniteLossError, fit, load_teacher, setup, train
 
 TEACHER = "deeplabv3_tiny_r101"
@@ -77,6 +79,27 @@ def test_distillation_runs_and_reports_td_ntd(tmp_path, teacher_file, method):
     assert present and all(math.isfinite(r["td"]) and math.isfinite(r["ntd"]) for r in present)
     assert res.effective_alpha == {"kd": 1.0, "cwd": 3.0, "hwd": 3.0}[method]  # alpha unset: the reference's
     assert 0.0 <= res.final_miou_all_classes <= res.final_miou + 1e-12  # all-classes average: never higher
+
+
+def test_teacher_validation_logits_are_computed_once_and_read_back_exactly(tmp_path, teacher_file):
+    """An evaluation keeps the teacher's validation logits (Inputs.val_teacher_logits, shared by a
+    cohort's members): the next evaluation runs no teacher forward and measures exactly the same;
+    with no budget every evaluation computes them again, to the same values."""
+    cfg = tiny(tmp_path, **{"distill.method": "hwd", "distill.teacher_arch": TEACHER,
+                            "distill.teacher_checkpoint": str(teacher_file)})
+    run = setup(cfg)
+    calls = []
+    run.teacher.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    first = evaluate(run)
+    assert sum(calls) == len(run.val_ds) and run.inputs.val_teacher_logits.nbytes > 0
+    second = evaluate(run)
+    assert sum(calls) == len(run.val_ds), "the second evaluation ran the teacher again"
+    run.inputs.val_teacher_logits = ValTeacherLogits(budget=0)
+    third = evaluate(run)
+    assert sum(calls) == 2 * len(run.val_ds) and run.inputs.val_teacher_logits.nbytes == 0
+    tds = [[(r["td"], r["ntd"]) for r in e["per_class"] if r["present"]] for e in (first, second, third)]
+    assert tds[0] and all(math.isfinite(td) for td, _ in tds[0])
+    assert tds[0] == tds[1] == tds[2]
 
 
 def test_teacher_is_frozen_and_checked(tmp_path, teacher_file):

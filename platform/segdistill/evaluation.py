@@ -1,7 +1,8 @@
 """Evaluating a run's student: whole validation images, logits upsampled bilinearly
 (``model.eval_align_corners``; the reference code uses True, docs/REFERENCE.md "Evaluation"), the
 confusion matrix (mIoU by the mmseg convention, :mod:`segdistill.metrics`) and, with a teacher, the
-TD/NTD divergence per class; sharded over ranks and all-reduced. Also the opt-in figure data."""
+TD/NTD divergence per class (the teacher's validation logits computed once, then read back:
+``runstate.ValTeacherLogits``); sharded over ranks and all-reduced. Also the opt-in figure data."""
 
 from __future__ import annotations
 
@@ -43,12 +44,14 @@ def evaluate(run: RunState) -> dict[str, Any]:
     indices = list(range(place.rank, len(run.val_ds), place.world))
     batch = cfg.optim.batch_size if run.inputs.info.val_batchable else 1
     for start in range(0, len(indices), batch):
-        items = [run.val_ds[i] for i in indices[start:start + batch]]
+        chunk = tuple(indices[start:start + batch])
+        items = [run.val_ds[i] for i in chunk]
         images = torch.stack([x for x, _ in items]).to(run.device, memory_format=place.memory_format)
         labels = torch.stack([y for _, y in items]).to(run.device)
         with run.autocast():
             s_logits = run.student(images).logits
-            t_logits = teacher(images).logits if teacher is not None else None
+            t_logits = (run.inputs.val_teacher_logits.get(chunk, lambda: teacher(images).logits)
+                        if teacher is not None else None)
         pred = upsample_logits(s_logits.float(), labels.shape[-2:], align_corners=cfg.model.eval_align_corners).argmax(1)
         acc.confusion.update(pred, labels)
         if acc.divergence is not None and t_logits is not None:

@@ -171,15 +171,41 @@ class Placement:
                    torch.channels_last if channels_last else torch.contiguous_format)
 
 
+class ValTeacherLogits:
+    """The frozen teacher's logits of validation batches, kept after the first evaluation computes them
+    (up to ``budget`` bytes; batches past it are computed each time). A teacher in eval mode is a fixed
+    function of its input, so every later evaluation - the run's next one, and each member's of a
+    cohort, which share :class:`Inputs` - reads the same tensors it would compute."""
+
+    def __init__(self, budget: int = 256 << 20) -> None:
+        self.budget = budget
+        self.nbytes = 0
+        self._logits: dict[tuple[int, ...], Tensor] = {}
+
+    def get(self, indices: tuple[int, ...], compute: Callable[[], Tensor]) -> Tensor:
+        """The teacher's logits of the validation images ``indices`` (one batch), computed once."""
+        hit = self._logits.get(indices)
+        if hit is not None:
+            return hit
+        logits = compute()
+        size = logits.numel() * logits.element_size()
+        if self.nbytes + size <= self.budget:
+            self._logits[indices] = logits
+            self.nbytes += size
+        return logits
+
+
 @dataclass
 class Inputs:
-    """What runs on one data stream can share: the datasets and the teacher (live, cached or both)."""
+    """What runs on one data stream can share: the datasets and the teacher (live, cached or both),
+    and the teacher's validation logits once an evaluation has computed them."""
 
     train_ds: Any
     val_ds: Any
     info: DatasetInfo
     teacher: nn.Module | None = None
     teacher_cache: TeacherLogitCache | None = None
+    val_teacher_logits: ValTeacherLogits = field(default_factory=ValTeacherLogits)
 
 
 def load_data(cfg: TrainConfig) -> Inputs:
