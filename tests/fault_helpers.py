@@ -17,9 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "platform"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ray_helpers import tiny_base  # noqa: E402
-
-from segdistill.study import Resources, StudySpec  # noqa: E402
+# The config and the study layer are imported where they are used: the write-parquet helper, started
+# about ten times per test, needs neither, and importing the config loads torch (~2 s a process).
 
 DRIVER_STUDY = "driver_kill"
 DRIVER_SAMPLES = 4
@@ -40,12 +39,17 @@ def lr_space(trial) -> dict:
 
 
 def driver_spec() -> StudySpec:
+    from ray_helpers import tiny_base
+    from segdistill.study import Resources, StudySpec
+
     base = tiny_base(DRIVER_ITERATIONS, 100).replace(**{"run.log_every": 20})
     return StudySpec(name=DRIVER_STUDY, base=base, search="optuna", space=lr_space, num_samples=DRIVER_SAMPLES,
                      search_seed=0, resources=Resources(cpus=1), max_concurrent=2, tags={"preset": "faults"})
 
 
 def fit_config(out: str, iterations: int, checkpoint_every: int):
+    from ray_helpers import tiny_base
+
     return tiny_base(iterations, checkpoint_every).replace(**{
         "run.out_dir": out, "run.log_every": 1, "run.checkpoint_every": checkpoint_every})
 
