@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch.nn.functional as F
+from ray_helpers import tiny_base
 
 from segdistill.config import TrainConfig, flat_keys, param_owners
 from segdistill.errors import ConfigError
@@ -57,13 +58,8 @@ def toy_method():
 
 
 def _tiny(out: Path, **over) -> TrainConfig:
-    base = {
-        "data.num_classes": 6, "data.image_size": 48, "data.crop_size": 40, "data.train_images": 8,
-        "data.val_images": 4, "optim.batch_size": 2, "optim.iterations": 2, "run.eval_every": 2,
-        "run.log_every": 1, "run.out_dir": str(out), "run.progress": False, "run.device": "cpu",
-        "model.arch": STUDENT,
-    }
-    return TrainConfig().replace(**{**base, **over})
+    """The suite's tiny run (ray_helpers.tiny_base: 2 iterations, one evaluation) writing to ``out``."""
+    return tiny_base(2, 2).replace(**{"run.out_dir": str(out), "run.log_every": 1, **over})
 
 
 def test_a_registered_method_gets_config_keys_validation_and_ownership(toy_method):
